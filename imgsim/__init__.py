@@ -1,0 +1,29 @@
+"""imgsim: a Jupyter-first research toolkit for image similarity.
+
+Modules, one concern each: ``data`` (tables, decoding, splits), ``augment``
+(Keras preprocessing layers), ``model`` (the MobileNetV2 embedding), ``losses``
+(semi-hard triplet loss), ``train`` (P×K batches, callbacks, resumable runs),
+``metrics`` (retrieval figures), ``index`` (nearest neighbours), ``cli``.
+
+Importing :mod:`imgsim` is cheap: Keras and TensorFlow load only when a module
+that needs them is imported.
+"""
+
+from imgsim.errors import (
+    ConfigError,
+    DataLayoutError,
+    ImageDecodeError,
+    ImgsimError,
+    WeightsNotFoundError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataLayoutError",
+    "ImageDecodeError",
+    "ImgsimError",
+    "WeightsNotFoundError",
+    "__version__",
+]

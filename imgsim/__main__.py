@@ -1,0 +1,5 @@
+import sys
+
+from imgsim.cli import main
+
+sys.exit(main())

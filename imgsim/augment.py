@@ -1,0 +1,86 @@
+"""Training-time augmentation from Keras preprocessing layers.
+
+The layers act only when called with ``training=True``; evaluation never
+augments. Images are float arrays with values in [0, 255].
+"""
+
+from dataclasses import asdict, dataclass
+
+from imgsim.errors import ConfigError
+
+
+@dataclass
+class AugmentConfig:
+    """Strength of each augmentation; 0 turns one off, ``strength`` scales all.
+
+    Attributes
+    ----------
+    brightness : float
+        ``RandomBrightness`` factor: ± this fraction of the value range.
+    contrast : float
+        ``RandomContrast`` factor.
+    hue : float
+        ``RandomHue`` factor in [0, 1].
+    saturation : float
+        ``RandomSaturation``: factor sampled in 0.5 ± this (0.5 is no change).
+    flip : bool
+        Random horizontal flips.
+    zoom : float
+        ``RandomZoom`` height factor (± fraction).
+    rotation : float
+        ``RandomRotation`` factor (± fraction of a full turn; 0.05 ≈ ±18°).
+    strength : float
+        Multiplies every factor above (a single knob for sweeps).
+    seed : int or None
+    """
+
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hue: float = 0.05
+    saturation: float = 0.2
+    flip: bool = True
+    zoom: float = 0.1
+    rotation: float = 0.05
+    strength: float = 1.0
+    seed: int = None
+
+    def __post_init__(self):
+        for name in ("brightness", "contrast", "hue", "saturation", "zoom", "rotation", "strength"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"augmentation {name} must be >= 0, got {value}")
+        if self.saturation * self.strength > 0.5 or self.hue * self.strength > 1:
+            raise ConfigError("augmentation saturation*strength must be <= 0.5 and hue*strength <= 1")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def build_augmentation(config=None):
+    """A ``keras.Sequential`` of the random layers that ``config`` turns on.
+
+    Returns None when every augmentation is off.
+    """
+    import keras
+
+    config = config or AugmentConfig()
+    s, seed, rng = config.strength, config.seed, (0, 255)
+    layers = []
+    if config.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if config.rotation * s:
+        layers.append(keras.layers.RandomRotation(config.rotation * s, fill_mode="reflect", seed=seed))
+    if config.zoom * s:
+        layers.append(keras.layers.RandomZoom(config.zoom * s, fill_mode="reflect", seed=seed))
+    if config.brightness * s:
+        layers.append(keras.layers.RandomBrightness(config.brightness * s, value_range=rng, seed=seed))
+    if config.contrast * s:
+        layers.append(keras.layers.RandomContrast(config.contrast * s, value_range=rng, seed=seed))
+    if config.saturation * s:
+        f = config.saturation * s
+        layers.append(keras.layers.RandomSaturation((0.5 - f, 0.5 + f), value_range=rng, seed=seed))
+    if config.hue * s:
+        layers.append(keras.layers.RandomHue(config.hue * s, value_range=rng, seed=seed))
+    if not layers:
+        return None
+    return keras.Sequential(layers, name="augmentation")

@@ -1,0 +1,111 @@
+"""Command line: ``imgsim train | embed | demo``. Argument parsing only."""
+
+import argparse
+import os
+import sys
+
+from imgsim.errors import ImgsimError
+
+
+def _add_train_args(parser):
+    from imgsim.train import TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--data", default=d.data, help="data root (IMC 2025 or <scene>/<image>)")
+    parser.add_argument("--runs-dir", default=d.runs_dir)
+    parser.add_argument("--run-name", default=None, help="run folder name (default: config hash)")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--p", type=int, default=d.p, help="scenes per batch")
+    parser.add_argument("--k", type=int, default=d.k, help="images per scene in a batch")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--margin", type=float, default=d.margin)
+    parser.add_argument("--distance-metric", default=d.distance_metric,
+                        choices=["L2", "squared-L2", "angular"])
+    parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--alpha", type=float, default=d.embedding.alpha)
+    parser.add_argument("--image-size", type=int, default=d.embedding.image_size)
+    parser.add_argument("--trainable-layers", type=int, default=d.embedding.trainable_layers)
+    parser.add_argument("--embedding-dim", type=int, default=d.embedding.embedding_dim)
+    parser.add_argument("--augment-strength", type=float, default=d.augment.strength)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--split-seed", type=int, default=d.split_seed)
+    parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"])
+    parser.add_argument("--workers", type=int, default=d.workers)
+
+
+def _train_config(args):
+    from imgsim.augment import AugmentConfig
+    from imgsim.model import EmbeddingConfig
+    from imgsim.train import TrainConfig
+
+    return TrainConfig(
+        data=args.data, runs_dir=args.runs_dir, run_name=args.run_name, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, learning_rate=args.learning_rate,
+        margin=args.margin, distance_metric=args.distance_metric, patience=args.patience,
+        seed=args.seed, split_seed=args.split_seed, on_error=args.on_error, workers=args.workers,
+        embedding=EmbeddingConfig(alpha=args.alpha, image_size=args.image_size,
+                                  trainable_layers=args.trainable_layers,
+                                  embedding_dim=args.embedding_dim),
+        augment=AugmentConfig(strength=args.augment_strength))
+
+
+def cmd_train(args):
+    from imgsim.train import fit
+
+    fit(_train_config(args))
+
+
+def cmd_embed(args):
+    from imgsim.model import embed_folder
+
+    embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
+                 image_size=args.image_size)
+
+
+def cmd_demo(args):
+    from imgsim.demo import DemoConfig, run_demo
+
+    config = DemoConfig()
+    config.train.runs_dir = args.runs_dir
+    config.report_dir = args.report_dir
+    if args.epochs:
+        config.train.epochs = args.epochs
+    run_demo(config)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="imgsim", description="image similarity toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train (or resume) a triplet embedding run")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("embed", help="embed every image under a folder into an .npz")
+    p.add_argument("folder")
+    p.add_argument("--model", default=None,
+                   help="a .keras model (default: ImageNet MobileNetV2 GAP features)")
+    p.add_argument("--out", default="embeddings.npz")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224, help="only for the ImageNet default")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("demo", help="train on the embedded sample, compare with ImageNet")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--report-dir", default=os.path.join("reports", "demo"))
+    p.add_argument("--epochs", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ImgsimError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Photos on disk → one table; decoding; scene splits; bad-file errors.
+
+Two layouts are read into the same :class:`pandas.DataFrame` with columns
+``path, image, dataset, scene, rotation_matrix, translation_vector``:
+
+* the Image Matching Challenge 2025 layout: ``ROOT/train_labels.csv`` with
+  columns ``dataset, scene, image, rotation_matrix, translation_vector`` and the
+  photos in ``ROOT/train/<dataset>/<image>``;
+* a plain folder layout ``ROOT/<scene>/<image>`` (dataset = the root's name).
+
+Scene ``outliers`` is the IMC label of photos that belong to no scene: it is
+never trained on and serves as distractors in evaluation.
+
+Every problem with the input raises an :class:`~imgsim.errors.ImgsimError`
+naming the file and the problem, or, with ``on_error="skip"``, drops the row and
+records it in a :class:`BadFiles` list that the caller logs.
+"""
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgsim.errors import ConfigError, DataLayoutError, ImageDecodeError
+
+LABEL_COLUMNS = ("dataset", "scene", "image", "rotation_matrix", "translation_vector")
+REQUIRED_COLUMNS = ("dataset", "scene", "image")
+TABLE_COLUMNS = ("path", "image", "dataset", "scene", "rotation_matrix", "translation_vector")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+OUTLIERS = "outliers"
+ON_ERROR = ("raise", "skip")
+MIN_SIDE = 32
+
+# Pillow refuses images over ~179 Mpx by default only with a warning; make it an error.
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+@dataclass
+class BadFiles:
+    """Rows dropped with ``on_error="skip"``: ``(file, problem)`` pairs."""
+
+    items: list = field(default_factory=list)
+
+    def add(self, error):
+        self.items.append(str(error))
+
+    def __len__(self):
+        return len(self.items)
+
+    def summary(self):
+        """One line per dropped file, ready for a run's log."""
+        return "\n".join(self.items)
+
+
+def _check_on_error(on_error):
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _fail(error, on_error, bad):
+    if on_error == "raise":
+        raise error
+    bad.add(error)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def read_imc_labels(root, labels_csv="train_labels.csv", image_dir="train"):
+    """Read the IMC 2025 layout into a table (no files are opened).
+
+    Parameters
+    ----------
+    root : str or path
+        Folder holding ``labels_csv`` and ``image_dir/<dataset>/<image>``.
+    labels_csv, image_dir : str
+        Names inside ``root``.
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``TABLE_COLUMNS``; ``path`` is
+    ``root/image_dir/dataset/image`` and ``image`` is that path relative to root.
+    """
+    csv_path = os.path.join(root, labels_csv)
+    try:
+        labels = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataLayoutError(f"{csv_path}: empty file, expected a header with columns "
+                              f"{', '.join(REQUIRED_COLUMNS)}") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataLayoutError(f"{csv_path}: not a CSV file ({type(exc).__name__})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in labels.columns]
+    if missing:
+        raise DataLayoutError(f"{csv_path}: missing columns: {', '.join(missing)}")
+    if labels.empty:
+        raise DataLayoutError(f"{csv_path}: no rows")
+    for column in REQUIRED_COLUMNS:
+        empty = labels.index[labels[column].str.strip() == ""]
+        if len(empty):
+            raise DataLayoutError(
+                f"{csv_path}: row {empty[0] + 2}: empty value in column '{column}'")
+    duplicated = labels.duplicated(["dataset", "image"])
+    if duplicated.any():
+        row = labels[duplicated].iloc[0]
+        raise DataLayoutError(
+            f"{csv_path}: image '{row['dataset']}/{row['image']}' is listed more than once")
+    for column in ("rotation_matrix", "translation_vector"):
+        if column not in labels.columns:
+            labels[column] = "nan"
+    rel = [os.path.join(image_dir, d, i) for d, i in zip(labels["dataset"], labels["image"])]
+    table = pd.DataFrame({
+        "path": [os.path.join(root, r) for r in rel],
+        "image": rel,
+        "dataset": labels["dataset"].values,
+        "scene": labels["scene"].values,
+        "rotation_matrix": labels["rotation_matrix"].values,
+        "translation_vector": labels["translation_vector"].values,
+    })
+    table.attrs["source"] = csv_path
+    return table
+
+
+def read_folders(root):
+    """Read a plain ``root/<scene>/<image>`` layout into a table.
+
+    Files whose extension is not in ``IMAGE_EXTENSIONS`` are ignored; hidden
+    files and folders too. ``dataset`` is the name of ``root``.
+    """
+    root_name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+    rows = []
+    for scene in sorted(os.listdir(root)):
+        folder = os.path.join(root, scene)
+        if scene.startswith(".") or not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            rows.append((os.path.join(folder, name), os.path.join(scene, name), root_name, scene))
+    if not rows:
+        raise DataLayoutError(
+            f"{root}: no train_labels.csv and no <scene>/<image> folders with images")
+    table = pd.DataFrame(rows, columns=["path", "image", "dataset", "scene"])
+    table["rotation_matrix"] = "nan"
+    table["translation_vector"] = "nan"
+    table.attrs["source"] = str(root)
+    return table
+
+
+def load_table(root, on_error="raise", min_images_per_scene=2, bad=None):
+    """Read a data folder in either layout and check that its files exist.
+
+    Parameters
+    ----------
+    root : str or path
+        An IMC 2025 folder (``train_labels.csv`` present) or a
+        ``root/<scene>/<image>`` folder.
+    on_error : {"raise", "skip"}
+        What to do with a listed file that is missing or empty (0 bytes), or a
+        scene with fewer than ``min_images_per_scene`` images (``outliers`` is
+        exempt): raise :class:`~imgsim.errors.DataLayoutError` /
+        :class:`~imgsim.errors.ImageDecodeError`, or drop the rows and record
+        them in ``bad``.
+    min_images_per_scene : int
+        A scene needs two images to give a positive pair.
+    bad : BadFiles, optional
+        Collects what was skipped.
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``TABLE_COLUMNS``, sorted by dataset, scene, image.
+    """
+    _check_on_error(on_error)
+    bad = BadFiles() if bad is None else bad
+    if not os.path.isdir(root):
+        raise DataLayoutError(f"{root}: no such directory")
+    if os.path.isfile(os.path.join(root, "train_labels.csv")):
+        table = read_imc_labels(root)
+    else:
+        table = read_folders(root)
+    source = table.attrs["source"]
+    keep = []
+    for path in table["path"]:
+        problem = None
+        if not os.path.exists(path):
+            problem = f"{path}: listed in {os.path.basename(source)} but does not exist"
+        elif not os.path.isfile(path):
+            problem = f"{path}: not a file"
+        elif os.path.getsize(path) == 0:
+            problem = f"{path}: empty file (0 bytes)"
+        if problem:
+            _fail(ImageDecodeError(problem), on_error, bad)
+        keep.append(problem is None)
+    table = table[np.array(keep, dtype=bool)]
+    counts = table[table["scene"] != OUTLIERS].groupby(["dataset", "scene"]).size()
+    small = counts[counts < min_images_per_scene]
+    for (dataset, scene), n in small.items():
+        _fail(DataLayoutError(
+            f"{source}: scene '{scene}' of dataset '{dataset}' has {n} image"
+            f"{'s' if n != 1 else ''}, at least {min_images_per_scene} needed"), on_error, bad)
+        table = table[~((table["dataset"] == dataset) & (table["scene"] == scene))]
+    if table.empty:
+        raise DataLayoutError(f"{source}: no usable images")
+    table = table.sort_values(["dataset", "scene", "image"]).reset_index(drop=True)
+    table.attrs["source"] = source
+    return table
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """Scene names of each part of a split (``dataset/scene`` keys)."""
+
+    train: list
+    val: list
+    test: list
+
+    def to_dict(self):
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(train=list(d["train"]), val=list(d["val"]), test=list(d["test"]))
+
+
+def scene_keys(table):
+    """``dataset/scene`` key of every row: scene names are unique only within a dataset."""
+    return (table["dataset"] + "/" + table["scene"]).to_numpy()
+
+
+def split_scenes(table, val_fraction=0.15, test_fraction=0.25, seed=0):
+    """Split by scene, never by image: held-out scenes are never trained on.
+
+    ``outliers`` rows are left out of every part (use :func:`select` with
+    ``outliers=True`` to add them as distractors). Scenes are shuffled with
+    ``seed`` and cut by the two fractions, each held-out part getting at least
+    one scene.
+
+    Returns
+    -------
+    Split
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
+            "and sum to less than 1")
+    keys = sorted(set(scene_keys(table[table["scene"] != OUTLIERS])))
+    if len(keys) < 3:
+        raise ConfigError(
+            f"{table.attrs.get('source', 'data')}: {len(keys)} scene(s), at least 3 needed "
+            "for a train/val/test split by scene")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    keys = [keys[i] for i in order]
+    n_val = max(1, int(round(val_fraction * len(keys))))
+    n_test = max(1, int(round(test_fraction * len(keys))))
+    n_val, n_test = min(n_val, len(keys) - 2), min(n_test, len(keys) - 1 - min(n_val, len(keys) - 2))
+    return Split(train=sorted(keys[n_val + n_test:]), val=sorted(keys[:n_val]),
+                 test=sorted(keys[n_val:n_val + n_test]))
+
+
+def select(table, scenes, outliers=False):
+    """Rows of the given ``dataset/scene`` keys, plus ``outliers`` rows if asked."""
+    keys = scene_keys(table)
+    mask = np.isin(keys, list(scenes))
+    if outliers:
+        mask |= (table["scene"] == OUTLIERS).to_numpy()
+    return table[mask].reset_index(drop=True)
+
+
+def label_ids(table):
+    """Integer label per row for metrics and losses.
+
+    Rows of one ``dataset/scene`` share an id; every ``outliers`` row gets an
+    id of its own, so outliers are never positives of each other.
+    """
+    keys = scene_keys(table).astype(object)
+    outlier = (table["scene"] == OUTLIERS).to_numpy()
+    keys[outlier] = [f"{OUTLIERS}#{i}" for i in np.flatnonzero(outlier)]
+    _, ids = np.unique(keys, return_inverse=True)
+    return ids.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _to_rgb8(img):
+    """Any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1, ...) → 8-bit RGB array."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 1.0 if mode == "F" and values.max(initial=0) <= 1.0 else 65535.0
+        gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path, size=None, min_side=MIN_SIDE):
+    """Decode one photo to an 8-bit RGB array, EXIF orientation applied.
+
+    Parameters
+    ----------
+    path : str or path
+    size : int or (int, int), optional
+        Resize to ``size`` × ``size`` (or (height, width)) pixels, whole image,
+        no crop (Pillow's bilinear filter with antialiasing).
+    min_side : int
+        Smaller images are rejected.
+
+    Returns
+    -------
+    numpy.ndarray of shape (height, width, 3), dtype uint8
+
+    Raises
+    ------
+    ImageDecodeError
+        ``<path>: <problem>`` for a missing, empty, truncated, corrupt, tiny or
+        non-image file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageDecodeError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise ImageDecodeError(f"{path}: not a file")
+    if os.path.getsize(path) == 0:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb8(img)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(f"{path}: image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        problem = "truncated image data" if "truncat" in str(exc).lower() else "corrupt image data"
+        raise ImageDecodeError(f"{path}: {problem}") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageDecodeError(f"{path}: image is {w}x{h} pixels, smaller than {min_side} px")
+    if size is not None:
+        rgb = resize(rgb, size)
+    return rgb
+
+
+def resize(rgb, size):
+    """Resize an (h, w, 3) uint8 array to ``size`` (int or (height, width))."""
+    height, width = (size, size) if np.isscalar(size) else size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR, reducing_gap=None))
+
+
+def load_images(paths, size, on_error="raise", bad=None, workers=None, progress=False):
+    """Decode and resize many photos in parallel threads.
+
+    Returns
+    -------
+    images : numpy.ndarray of shape (n_ok, size, size, 3), dtype uint8
+    ok : numpy.ndarray of shape (len(paths),), dtype bool
+        Which paths decoded; with ``on_error="raise"`` all of them.
+    """
+    _check_on_error(on_error)
+    bad = BadFiles() if bad is None else bad
+    paths = list(paths)
+
+    def one(path):
+        try:
+            return load_image(path, size), None
+        except ImageDecodeError as exc:
+            return None, exc
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(one, paths)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(paths), desc="decoding", unit="img")
+        results = list(results)
+    ok = np.array([error is None for _, error in results], dtype=bool)
+    for _, error in results:
+        if error is not None:
+            _fail(error, on_error, bad)
+    height, width = (size, size) if np.isscalar(size) else size
+    arrays = [image for image, _ in results if image is not None]
+    images = np.stack(arrays) if arrays else np.zeros((0, height, width, 3), np.uint8)
+    return images, ok
+
+
+def file_digest(path, chunk=1 << 20):
+    """SHA-256 hex digest of a file's bytes (cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,426 @@
+"""The MobileNetV2 embedding network, ``embed``, ``distance`` and ``similarity_percent``.
+
+Architecture (the seed's): RGB uint8-range input → MobileNetV2 preprocessing
+(``x / 127.5 - 1``) → MobileNetV2 backbone (ImageNet weights, no top) → global
+average pooling → dropout → Dense 256 ReLU → Dense 128 → L2 normalisation, with
+L2 weight decay on both dense layers and only the last ``trainable_layers``
+backbone layers trainable. BatchNormalization layers are always frozen and run
+in inference mode, as Keras recommends for fine-tuning.
+
+ImageNet weights load the Keras way (``weights="imagenet"``), from the Keras
+cache ``$KERAS_HOME/models`` (default ``~/.keras/models``). imgsim ships both
+weight files (alpha 1.0 and 0.35, 224 rows) and copies the one needed into that
+cache on first use, so a fresh clone runs offline.
+"""
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from imgsim.errors import ConfigError, WeightsNotFoundError
+
+BUNDLED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+@dataclass
+class EmbeddingConfig:
+    """Hyperparameters of the embedding network.
+
+    Attributes
+    ----------
+    alpha : float
+        MobileNetV2 width multiplier (1.0 is the seed's model; 0.35 is 6× cheaper).
+    image_size : int
+        Square input side in pixels; any size ≥ 32 works with the 224-row
+        ImageNet weights (convolution weights do not depend on input size).
+    hidden_dim, embedding_dim : int
+        Widths of the two dense layers (256 → 128).
+    dropout : float
+        Dropout rate after global average pooling.
+    weight_decay : float
+        L2 regularisation factor on the dense kernels.
+    trainable_layers : int
+        How many of the backbone's last layers are trainable (0 freezes it).
+    weights : str or None
+        ``"imagenet"`` (the Keras cache), a path to a weights file, or None
+        (random initialisation, for tests).
+    head_init : {"pca", "random"}
+        How training initialises the dense head: ``"pca"`` sets it so that the
+        untrained model outputs the PCA projection of the ImageNet GAP
+        features (see :func:`init_head_pca`); ``"random"`` keeps Keras'
+        Glorot initialisation.
+    """
+
+    alpha: float = 1.0
+    image_size: int = 224
+    hidden_dim: int = 256
+    embedding_dim: int = 128
+    dropout: float = 0.3
+    weight_decay: float = 1e-4
+    trainable_layers: int = 30
+    weights: str = "imagenet"
+    head_init: str = "pca"
+
+    def __post_init__(self):
+        if self.head_init not in ("pca", "random"):
+            raise ConfigError(f"head_init must be 'pca' or 'random', got {self.head_init!r}")
+        if self.alpha not in ALPHAS:
+            raise ConfigError(f"alpha must be one of {ALPHAS}, got {self.alpha}")
+        if self.image_size < 32:
+            raise ConfigError(f"image_size must be at least 32, got {self.image_size}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.trainable_layers < 0:
+            raise ConfigError(f"trainable_layers must be >= 0, got {self.trainable_layers}")
+        if self.hidden_dim < 1 or self.embedding_dim < 1:
+            raise ConfigError("hidden_dim and embedding_dim must be positive")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown EmbeddingConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def imagenet_weights_name(alpha):
+    """File name Keras caches MobileNetV2 no-top ImageNet weights under (224 rows)."""
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
+
+
+def keras_cache_dir():
+    """``$KERAS_HOME/models``, resolved as Keras resolves it."""
+    from keras.src.backend.config import keras_home
+
+    return os.path.join(keras_home(), "models")
+
+
+def ensure_imagenet_weights(alpha, cache_dir=None, bundled_dir=None):
+    """Make sure the Keras cache holds the ImageNet weights for ``alpha``.
+
+    Copies the bundled file into ``cache_dir`` (default ``$KERAS_HOME/models``)
+    when the cache lacks it, atomically. Returns the cached path, or None when
+    neither copy exists (Keras will then try to download it).
+    """
+    name = imagenet_weights_name(alpha)
+    cache_dir = cache_dir or keras_cache_dir()
+    bundled_dir = bundled_dir or BUNDLED_WEIGHTS
+    target = os.path.join(cache_dir, name)
+    if os.path.isfile(target) and os.path.getsize(target) > 0:
+        return target
+    source = os.path.join(bundled_dir, name)
+    if not os.path.isfile(source):
+        return None
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".h5")
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def build_backbone(config):
+    """MobileNetV2 without top, on (None, None, 3) inputs, ImageNet weights loaded.
+
+    Built on unknown rows so that Keras picks the 224-row weight file whatever
+    ``config.image_size`` is.
+    """
+    import keras
+
+    weights = config.weights
+    if weights == "imagenet":
+        ensure_imagenet_weights(config.alpha)
+    elif weights is not None and not os.path.isfile(weights):
+        raise WeightsNotFoundError(f"{weights}: weights file does not exist")
+    try:
+        with warnings.catch_warnings():  # "Weights for input shape (224, 224) will be loaded"
+            warnings.filterwarnings("ignore", message=".*input_shape.*undefined.*")
+            return keras.applications.MobileNetV2(
+                input_shape=(None, None, 3), alpha=config.alpha, include_top=False, weights=weights)
+    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...")
+        if weights != "imagenet":
+            raise WeightsNotFoundError(f"{weights}: cannot load MobileNetV2 weights ({exc})") from None
+        name = imagenet_weights_name(config.alpha)
+        raise WeightsNotFoundError(
+            f"ImageNet weights for MobileNetV2 alpha={config.alpha:g} are not in the Keras cache "
+            f"and could not be downloaded: put {name} into {keras_cache_dir()}/ "
+            f"(set KERAS_HOME to use another cache folder)") from None
+
+
+def _freeze(backbone, trainable_layers):
+    """Only the last ``trainable_layers`` layers train; BatchNormalization never does."""
+    import keras
+
+    n = len(backbone.layers)
+    for i, layer in enumerate(backbone.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (i >= n - trainable_layers) and not is_bn
+
+
+def _backbone_features(config):
+    """Input → preprocessing → backbone (inference mode) → GAP; returns (inputs, features, backbone)."""
+    import keras
+
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_preprocess")(inputs)
+    backbone = build_backbone(config)
+    x = backbone(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return inputs, x, backbone
+
+
+def build_embedding_model(config=None):
+    """The trainable embedding network of ``config`` (an :class:`EmbeddingConfig`).
+
+    Returns
+    -------
+    keras.Model
+        Maps (batch, image_size, image_size, 3) float images with values in
+        [0, 255] to (batch, embedding_dim) unit-norm embeddings.
+    """
+    import keras
+
+    config = config or EmbeddingConfig()
+    inputs, x, backbone = _backbone_features(config)
+    _freeze(backbone, config.trainable_layers)
+    regularizer = keras.regularizers.L2(config.weight_decay) if config.weight_decay else None
+    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    x = keras.layers.Dense(config.hidden_dim, activation="relu", kernel_regularizer=regularizer,
+                           name="hidden")(x)
+    x = keras.layers.Dense(config.embedding_dim, kernel_regularizer=regularizer, name="projection")(x)
+    outputs = keras.layers.UnitNormalization(name="l2_normalize")(x)
+    return keras.Model(inputs, outputs, name="imgsim_embedding")
+
+
+def build_imagenet_baseline(config=None):
+    """ImageNet MobileNetV2 GAP features, L2-normalised: the no-fine-tuning baseline."""
+    import keras
+
+    config = config or EmbeddingConfig()
+    inputs, x, _ = _backbone_features(config)
+    outputs = keras.layers.UnitNormalization(name="l2_normalize")(x)
+    return keras.Model(inputs, outputs, name="imagenet_gap")
+
+
+def gap_features(model, images, batch_size=32):
+    """ImageNet GAP features (before dropout and the head) of an embedding model."""
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("gap").output)
+    return embed(features, images, batch_size)
+
+
+def init_head_pca(model, images, augment=None, copies=0, seed=0):
+    """Start the head at the PCA projection of the backbone's GAP features.
+
+    With hidden width ``2 m`` and embedding width ``m``, the hidden layer computes
+    ``[relu(z), relu(-z)]`` for ``z = P x`` and the projection computes
+    ``relu(z) - relu(-z) = z``, where ``x`` is the GAP feature vector and ``P``
+    holds the top ``m`` right singular vectors of the GAP features of
+    ``images`` (uncentred, so that, like the ImageNet baseline, the model
+    compares feature directions), completed with random orthonormal directions
+    when the images span fewer than ``m``. The untrained model then ranks
+    images as the projected ImageNet features do, and the triplet loss
+    fine-tunes from there rather than from a random head.
+
+    Parameters
+    ----------
+    model : keras.Model from :func:`build_embedding_model`
+    images : array of shape (n, size, size, 3), values in [0, 255]
+    augment : keras layer, optional
+        With ``copies > 0``, ``copies`` augmented versions of every image join
+        the PCA: a small training set then spans more of the feature space.
+    copies : int
+    seed : int
+
+    Returns
+    -------
+    float: fraction of the features' energy the ``m`` directions keep.
+    """
+    hidden, projection = model.get_layer("hidden"), model.get_layer("projection")
+    m = projection.units
+    if hidden.units != 2 * m:
+        raise ConfigError(f"head_init='pca' needs hidden_dim == 2 * embedding_dim, got "
+                          f"{hidden.units} and {m}")
+    feats = [gap_features(model, images)]
+    for _ in range(copies if augment is not None else 0):
+        augmented = np.concatenate([np.asarray(augment(images[i:i + 32].astype(np.float32),
+                                                       training=True))
+                                    for i in range(0, len(images), 32)])
+        feats.append(gap_features(model, augmented))
+    x = np.concatenate(feats).astype(np.float64)
+    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    rank = int(np.sum(singular > singular[0] * 1e-6)) if len(singular) else 0
+    basis = vt[:min(rank, m)]
+    if len(basis) < m:  # complete with random directions orthogonal to the PCA ones
+        extra = np.random.default_rng(seed).standard_normal((m - len(basis), x.shape[1]))
+        extra -= extra @ basis.T @ basis
+        basis = np.vstack([basis, np.linalg.qr(extra.T)[0].T])
+    kept = float(np.sum(singular[:m] ** 2) / max(np.sum(singular ** 2), 1e-12))
+    hidden.set_weights([np.concatenate([basis.T, -basis.T], axis=1).astype(np.float32),
+                        np.zeros(2 * m, np.float32)])
+    projection.set_weights([np.concatenate([np.eye(m), -np.eye(m)]).astype(np.float32),
+                            np.zeros(m, np.float32)])
+    return kept
+
+
+def save_model(model, path):
+    """Save as ``.keras``, atomically (temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_model(path):
+    """Load a model saved by imgsim (``.keras``), without its training configuration."""
+    import keras
+
+    import imgsim.losses  # noqa: F401  (registers the loss for saved compile configs)
+
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"{path}: model file does not exist")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise WeightsNotFoundError(f"{path}: not a loadable .keras model ({type(exc).__name__})") from None
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def input_size(model):
+    """Square input side of a model built by this module."""
+    shape = model.input_shape
+    return int(shape[1])
+
+
+def embed(model, images, batch_size=32, progress=False):
+    """Embed photos or arrays with ``model``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_embedding_model`, :func:`build_imagenet_baseline` or
+        :func:`load_model`.
+    images : sequence of paths, or array of shape (n, h, w, 3)
+        Paths are decoded with :func:`imgsim.data.load_image` (EXIF applied)
+        and resized to the model's input size; arrays of another size are resized.
+    batch_size : int
+    progress : bool
+        Show a tqdm bar over batches.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, embedding_dim), float32
+    """
+    from imgsim.data import load_image, resize
+
+    size = input_size(model)
+    n = len(images)
+    out_dim = int(model.output_shape[-1])
+    out = np.zeros((n, out_dim), np.float32)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="embedding", unit="batch")
+    for start in starts:
+        chunk = images[start:start + batch_size]
+        batch = np.stack([
+            load_image(item, size) if isinstance(item, (str, os.PathLike)) else resize(
+                np.asarray(item, np.uint8), size)
+            for item in chunk
+        ]).astype(np.float32)
+        out[start:start + len(chunk)] = np.asarray(model(batch, training=False), np.float32)
+    return out
+
+
+def distance(a, b):
+    """Euclidean distance between embeddings, row by row.
+
+    Parameters
+    ----------
+    a, b : array of shape (dim,) or (n, dim)
+
+    Returns
+    -------
+    float, or numpy.ndarray of shape (n,)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
+    d = np.sqrt(np.sum((a - b) ** 2, axis=-1))
+    return float(d) if d.ndim == 0 else d
+
+
+def similarity_percent(distance, scale=5.0):
+    """The seed's similarity score: ``exp(-distance / scale) * 100``.
+
+    Parameters
+    ----------
+    distance : float or array, ≥ 0
+    scale : float, default 5.0
+
+    Returns
+    -------
+    float or numpy.ndarray, in (0, 100]
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    result = np.exp(-np.asarray(distance, np.float64) / scale) * 100.0
+    return float(result) if result.ndim == 0 else result
+
+
+def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, image_size=224):
+    """Embed every image of a data folder (either layout) into an ``.npz`` file.
+
+    Parameters
+    ----------
+    folder : str
+        Data root, read with :func:`imgsim.data.load_table` (scenes with one
+        image allowed).
+    model_path : str or None
+        A ``.keras`` model; None uses ImageNet GAP features at ``image_size``.
+    out : str
+        Written atomically with arrays ``embeddings`` (n, dim) float32 and
+        ``paths``, ``datasets``, ``scenes`` (n,) strings.
+
+    Returns
+    -------
+    str, the output path.
+    """
+    import io
+
+    from imgsim.data import load_table
+    from imgsim.fileio import atomic_write_bytes
+
+    table = load_table(folder, min_images_per_scene=1)
+    if model_path:
+        model = load_model(model_path)
+    else:
+        model = build_imagenet_baseline(EmbeddingConfig(image_size=image_size))
+    embeddings = embed(model, list(table["path"]), batch_size, progress=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, embeddings=embeddings, paths=table["path"].to_numpy(str),
+             datasets=table["dataset"].to_numpy(str), scenes=table["scene"].to_numpy(str))
+    atomic_write_bytes(out, buffer.getvalue())
+    print(f"wrote {len(embeddings)} embeddings of dimension {embeddings.shape[1]} to {out}")
+    return out

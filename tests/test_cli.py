@@ -1,0 +1,61 @@
+"""The command line: verbs listed, ``embed`` on a folder, errors without tracebacks."""
+
+import os
+
+import numpy as np
+import pytest
+
+from imgsim.cli import main
+
+
+def test_help_lists_the_verbs(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for verb in ("train", "embed", "demo"):
+        assert verb in out
+
+
+def test_embed_folder_with_imagenet_default_matches_keras_directly(tmp_path, mini_imc, capsys):
+    import keras
+
+    from imgsim.data import load_image, load_table
+
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(mini_imc), "--out", str(out), "--image-size", "96"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    saved = np.load(out)
+    table = load_table(mini_imc)
+    assert list(saved["paths"]) == list(table["path"]) and list(saved["scenes"]) == list(table["scene"])
+    assert saved["embeddings"].shape == (len(table), 1280)
+    # Independent computation with Keras' own application and preprocessing function.
+    net = keras.applications.MobileNetV2(input_shape=(96, 96, 3), include_top=False,
+                                         weights=os.path.expanduser(os.path.join(
+                                             os.environ.get("KERAS_HOME", "~/.keras"), "models",
+                                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")),
+                                         pooling="avg")
+    x = keras.applications.mobilenet_v2.preprocess_input(
+        load_image(table["path"][0], 96).astype(np.float32)[None])
+    want = np.asarray(net(x))[0]
+    np.testing.assert_allclose(saved["embeddings"][0], want / np.linalg.norm(want), atol=1e-5)
+
+
+def test_embed_with_a_saved_model(tmp_path, mini_imc):
+    from imgsim.model import EmbeddingConfig, build_embedding_model, save_model
+
+    model_path = str(tmp_path / "m.keras")
+    save_model(build_embedding_model(EmbeddingConfig(alpha=0.35, image_size=64)), model_path)
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(mini_imc), "--model", model_path, "--out", str(out)]) == 0
+    e = np.load(out)["embeddings"]
+    assert e.shape[1] == 128
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["embed", str(tmp_path / "absent"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert capsys.readouterr().err.strip() == f"DataLayoutError: {tmp_path / 'absent'}: no such directory"
+    assert main(["embed", str(tmp_path), "--model", str(tmp_path / "none.keras")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"DataLayoutError: {tmp_path}: no train_labels.csv and no <scene>/<image> folders with images"
