@@ -4,13 +4,14 @@ The layers act only when called with ``training=True``; evaluation never
 augments. Images are float arrays with values in [0, 255].
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from imgsim.config import DictConfig
 from imgsim.errors import ConfigError
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(DictConfig):
     """Strength of each augmentation; 0 turns one off, ``strength`` scales all.
 
     Attributes
@@ -52,8 +53,6 @@ class AugmentConfig:
         if self.saturation * self.strength > 0.5 or self.hue * self.strength > 1:
             raise ConfigError("augmentation saturation*strength must be <= 0.5 and hue*strength <= 1")
 
-    def to_dict(self):
-        return asdict(self)
 
 
 def build_augmentation(config=None):

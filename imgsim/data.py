@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgsim.config import DictConfig
 from imgsim.errors import ConfigError, DataLayoutError, ImageDecodeError
 
 LABEL_COLUMNS = ("dataset", "scene", "image", "rotation_matrix", "translation_vector")
@@ -214,19 +215,12 @@ def load_table(root, on_error="raise", min_images_per_scene=2, bad=None):
 
 
 @dataclass
-class Split:
+class Split(DictConfig):
     """Scene names of each part of a split (``dataset/scene`` keys)."""
 
     train: list
     val: list
     test: list
-
-    def to_dict(self):
-        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(train=list(d["train"]), val=list(d["val"]), test=list(d["test"]))
 
 
 def scene_keys(table):

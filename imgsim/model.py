@@ -17,10 +17,11 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from imgsim.config import DictConfig
 from imgsim.errors import ConfigError, WeightsNotFoundError
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
@@ -28,7 +29,7 @@ ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 @dataclass
-class EmbeddingConfig:
+class EmbeddingConfig(DictConfig):
     """Hyperparameters of the embedding network.
 
     Attributes
@@ -80,16 +81,6 @@ class EmbeddingConfig:
         if self.hidden_dim < 1 or self.embedding_dim < 1:
             raise ConfigError("hidden_dim and embedding_dim must be positive")
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown EmbeddingConfig keys: {', '.join(unknown)}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------- weights

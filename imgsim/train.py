@@ -21,13 +21,15 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from imgsim import data as data_mod
 from imgsim.augment import AugmentConfig
+from imgsim.config import DictConfig
 from imgsim.errors import ConfigError
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.model import EmbeddingConfig
@@ -36,7 +38,7 @@ MONITORS = {"val_map_at_r": "max", "val_precision_at_1": "max", "val_loss": "min
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Everything a training run depends on.
 
     Attributes
@@ -107,7 +109,7 @@ class TrainConfig:
         if isinstance(self.embedding, dict):
             self.embedding = EmbeddingConfig.from_dict(self.embedding)
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
+            self.augment = AugmentConfig.from_dict(self.augment)
         if self.p < 2 or self.k < 2:
             raise ConfigError(f"p and k must be at least 2 (a P×K batch), got p={self.p}, k={self.k}")
         if self.epochs < 1:
@@ -121,16 +123,6 @@ class TrainConfig:
         if self.on_error not in data_mod.ON_ERROR:
             raise ConfigError(f"on_error must be one of {data_mod.ON_ERROR}, got {self.on_error!r}")
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig keys: {', '.join(unknown)}")
-        return cls(**d)
 
     def run_id(self):
         """Stable 12-hex-digit hash of everything that changes the result."""
@@ -476,7 +468,9 @@ def fit(config):
         checkpoint, stopping, plateau,
         RunBackup(os.path.join(run_dir, "backup"), stateful=[checkpoint, stopping, plateau]),
     ]
-    model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=2)
+    # A live progress bar in a terminal or notebook, one line per epoch in logs and CI.
+    verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
+    model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
 
     history = read_history(os.path.join(run_dir, "history.csv"))
     values = [float(r[monitor]) for r in history]

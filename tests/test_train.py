@@ -153,3 +153,15 @@ def test_bad_input_error_from_cli_has_no_traceback(tmp_path, mini_imc):
     logs = [os.path.join(r, "log.txt") for r, _, files in os.walk(tmp_path / "runs") if "log.txt" in files]
     text = "".join(open(log).read() for log in logs)  # the failed run and the skipping run
     assert "skipped 1 bad input(s):" in text and f"{path}: not an image" in text
+
+
+@pytest.mark.slow
+def test_training_runs_under_the_jax_backend(tmp_path):
+    pytest.importorskip("jax")
+    cmd = train_command(tmp_path / "runs", epochs=1)
+    cmd[cmd.index("--steps-per-epoch") + 1] = "1"
+    env = dict(run_env(), KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "backend jax" in open(tmp_path / "runs" / "r" / "log.txt").read()
+    assert (tmp_path / "runs" / "r" / "metrics.json").exists()
