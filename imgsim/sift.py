@@ -1,0 +1,532 @@
+"""SIFT keypoints, ratio-test matching and geometric verification of image pairs.
+
+The classical answer to "do these two photos show the same place?": detect SIFT
+keypoints, match their descriptors (Lowe's ratio test, optionally mutual nearest
+neighbours), and count the matches that one geometric model explains — a
+fundamental matrix (any static scene) or a homography (a plane, or a camera
+that only rotates) — estimated robustly with OpenCV's MAGSAC++.
+
+Coordinate convention
+---------------------
+Each image is shrunk so that its long side is at most ``SiftConfig.max_side``
+pixels (never enlarged) before extraction; ``Features.scale`` is that factor.
+
+* Keypoints (and keypoint sizes) are returned in pixels of the **original**
+  image, so they can be drawn on it and compared across settings.
+* ``SiftConfig.ransac_threshold`` is in pixels of the **resized** image (the one
+  SIFT saw): :func:`verify` multiplies the keypoints by each image's scale
+  before estimation. A threshold of 1 px therefore means the same thing for a
+  640 px and a 4000 px photo, matching the keypoints' own localisation accuracy.
+
+Bad input never raises from OpenCV: an image without keypoints, a pair with too
+few matches or a failed estimation gives zero inliers and a ``reason``.
+"""
+
+import io
+import os
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from imgsim.config import DictConfig
+from imgsim.data import MIN_SIDE, file_digest, load_image
+from imgsim.errors import ConfigError
+from imgsim.fileio import atomic_write_bytes
+
+ESTIMATORS = {"fundamental": "fundamental matrix", "homography": "homography"}
+MIN_SAMPLE = {"fundamental": 7, "homography": 4}  # minimal sample of each model
+DESCRIPTOR_SIZE = 128
+EXTRACTION_FIELDS = ("max_side", "n_features", "root_sift", "upright")  # the cache key
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass
+class SiftConfig(DictConfig):
+    """Settings of extraction, matching and verification.
+
+    Attributes
+    ----------
+    max_side : int
+        Long side, in pixels, that images are shrunk to before extraction
+        (never enlarged). At least 32.
+    n_features : int
+        Keep the strongest ``n_features`` keypoints (OpenCV's ``nfeatures``);
+        0 keeps all.
+    root_sift : bool
+        RootSIFT descriptors: L1-normalise, then square root (unit L2 norm).
+    upright : bool
+        Set every keypoint's orientation to 0 before computing descriptors
+        (duplicates that differed only by orientation are dropped). Better for
+        photos without in-plane rotation, worse for rotated ones.
+    ratio : float
+        Lowe's ratio test: keep a match whose distance is below ``ratio`` × the
+        second-nearest distance. In (0, 1].
+    mutual : bool
+        Keep only mutual nearest neighbours.
+    estimator : {"fundamental", "homography"}
+        Geometric model of :func:`verify`.
+    ransac_threshold : float
+        Inlier threshold in pixels of the resized image (see the module notes).
+    confidence : float
+        MAGSAC confidence, in (0, 1).
+    max_iters : int
+        MAGSAC iteration cap.
+    min_matches : int
+        Pairs with fewer matches are not verified (zero inliers). At least the
+        model's minimal sample (7 for fundamental, 4 for homography).
+    """
+
+    max_side: int = 1024
+    n_features: int = 4000
+    root_sift: bool = True
+    upright: bool = False
+    ratio: float = 0.8
+    mutual: bool = True
+    estimator: str = "fundamental"
+    ransac_threshold: float = 1.0
+    confidence: float = 0.999
+    max_iters: int = 10000
+    min_matches: int = 8
+
+    def __post_init__(self):
+        if not _is_int(self.max_side) or self.max_side < MIN_SIDE:
+            raise ConfigError(f"max_side must be an integer >= {MIN_SIDE}, got {self.max_side!r}")
+        if not _is_int(self.n_features) or self.n_features < 0:
+            raise ConfigError(f"n_features must be an integer >= 0 (0: all), got {self.n_features!r}")
+        for name in ("root_sift", "upright", "mutual"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"ratio must be in (0, 1], got {self.ratio!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}")
+        if not self.ransac_threshold > 0:
+            raise ConfigError(f"ransac_threshold must be > 0 pixels, got {self.ransac_threshold!r}")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        if not _is_int(self.max_iters) or self.max_iters < 1:
+            raise ConfigError(f"max_iters must be an integer >= 1, got {self.max_iters!r}")
+        least = MIN_SAMPLE[self.estimator]
+        if not _is_int(self.min_matches) or self.min_matches < least:
+            raise ConfigError(f"min_matches must be an integer >= {least} for estimator "
+                              f"{self.estimator!r}, got {self.min_matches!r}")
+
+
+@dataclass(eq=False)
+class Features:
+    """SIFT features of one image.
+
+    Attributes
+    ----------
+    keypoints : numpy.ndarray of shape (n, 2), float32
+        x, y in pixels of the original image (pixel centres at integers).
+    scales : numpy.ndarray of shape (n,), float32
+        Keypoint diameters (OpenCV ``KeyPoint.size``) in original pixels.
+    angles : numpy.ndarray of shape (n,), float32
+        Orientations in degrees, [0, 360); all 0 with ``upright``.
+    descriptors : numpy.ndarray of shape (n, 128), float32
+    image_size : (int, int)
+        (height, width) of the original image.
+    scale : float
+        Resize factor used before extraction (≤ 1).
+    """
+
+    keypoints: np.ndarray
+    scales: np.ndarray
+    angles: np.ndarray
+    descriptors: np.ndarray
+    image_size: tuple
+    scale: float
+
+    def __len__(self):
+        return len(self.keypoints)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _gray(image):
+    """A path or an (h, w, 3) RGB / (h, w) gray uint8 array → (h, w) uint8 gray array."""
+    if not isinstance(image, np.ndarray):
+        image = load_image(image)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError("image must be a path or an (h, w, 3) RGB or (h, w) gray uint8 array, "
+                         f"got shape {image.shape} and dtype {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image is empty, shape {image.shape}")
+    image = np.ascontiguousarray(image)  # OpenCV refuses views with negative strides
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+
+
+def _root_sift(descriptors):
+    l1 = descriptors.sum(axis=1, keepdims=True)  # SIFT descriptors are non-negative
+    return np.sqrt(descriptors / np.maximum(l1, np.finfo(np.float32).tiny))
+
+
+def _upright(keypoints):
+    """Orientation 0 for all; keep one keypoint per (position, size, octave)."""
+    unique = {}
+    for kp in keypoints:
+        kp.angle = 0.0
+        unique.setdefault((kp.pt, kp.size, kp.octave), kp)
+    return list(unique.values())
+
+
+def extract(image, config=None):
+    """SIFT keypoints and descriptors of one image.
+
+    Parameters
+    ----------
+    image : str, path or numpy.ndarray
+        A file (decoded by :func:`imgsim.data.load_image`: EXIF orientation,
+        every colour mode, clear errors for bad files), an (h, w, 3) uint8 RGB
+        array or an (h, w) uint8 gray array.
+    config : SiftConfig, optional
+        Uses ``max_side``, ``n_features``, ``root_sift`` and ``upright``.
+
+    Returns
+    -------
+    Features
+        Empty arrays (n = 0) for an image without keypoints, e.g. a flat colour.
+    """
+    config = config or SiftConfig()
+    gray = _gray(image)
+    height, width = gray.shape
+    scale = min(1.0, config.max_side / max(height, width))
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    sift = cv2.SIFT_create(nfeatures=config.n_features)
+    if config.upright:
+        keypoints, descriptors = sift.compute(gray, _upright(sift.detect(gray, None)))
+    else:
+        keypoints, descriptors = sift.detectAndCompute(gray, None)
+    if descriptors is None or not len(keypoints):
+        keypoints, descriptors = (), np.zeros((0, DESCRIPTOR_SIZE), np.float32)
+    descriptors = descriptors.astype(np.float32)
+    if config.root_sift:
+        descriptors = _root_sift(descriptors)
+    xy = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
+    # Resized pixel centres → original pixel centres, per axis (rounding makes them differ slightly).
+    factors = np.array([gray.shape[1] / width, gray.shape[0] / height], np.float32)
+    return Features(
+        keypoints=(xy + 0.5) / factors - 0.5,
+        scales=np.array([kp.size for kp in keypoints], np.float32) / np.float32(scale),
+        angles=np.array([kp.angle for kp in keypoints], np.float32),
+        descriptors=np.ascontiguousarray(descriptors),
+        image_size=(height, width),
+        scale=float(scale),
+    )
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _check_descriptors(desc, name):
+    desc = np.asarray(desc)
+    if desc.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {desc.shape}")
+    return np.ascontiguousarray(desc, dtype=np.float32)
+
+
+def match(desc_a, desc_b, ratio=0.8, mutual=True):
+    """Match descriptors by nearest neighbour (L2) with Lowe's ratio test.
+
+    Parameters
+    ----------
+    desc_a : array-like of shape (n_a, dim)
+    desc_b : array-like of shape (n_b, dim)
+    ratio : float
+        Keep a→b when the nearest distance is below ``ratio`` × the second
+        nearest (ties are rejected). In (0, 1].
+    mutual : bool
+        Also require that a is the nearest neighbour of b among ``desc_a``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (m, 2), int64
+        ``(index_a, index_b)`` rows, sorted by ``index_a``. Empty when either
+        side has fewer than 2 descriptors (the ratio test needs two).
+    """
+    desc_a, desc_b = _check_descriptors(desc_a, "desc_a"), _check_descriptors(desc_b, "desc_b")
+    if desc_a.shape[1] != desc_b.shape[1]:
+        raise ValueError(f"descriptor sizes differ: {desc_a.shape[1]} and {desc_b.shape[1]}")
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    empty = np.zeros((0, 2), np.int64)
+    if len(desc_a) < 2 or len(desc_b) < 2:
+        return empty
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    pairs = [(m.queryIdx, m.trainIdx) for m, n in matcher.knnMatch(desc_a, desc_b, k=2)
+             if m.distance < ratio * n.distance]
+    if mutual and pairs:
+        nearest_in_a = {m.queryIdx: m.trainIdx for m in matcher.match(desc_b, desc_a)}
+        pairs = [(a, b) for a, b in pairs if nearest_in_a[b] == a]
+    return np.array(pairs, np.int64).reshape(-1, 2) if pairs else empty
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify(kp_a, kp_b, matches, config=None, scales=(1.0, 1.0)):
+    """Inliers of one geometric model (MAGSAC++) among the matches.
+
+    Parameters
+    ----------
+    kp_a : array-like of shape (n_a, 2)
+    kp_b : array-like of shape (n_b, 2)
+        Keypoints x, y (original pixels, as in :class:`Features`).
+    matches : array-like of shape (m, 2)
+        ``(index_a, index_b)`` rows, as from :func:`match`.
+    config : SiftConfig, optional
+        Uses ``estimator``, ``ransac_threshold``, ``confidence``,
+        ``max_iters`` and ``min_matches``.
+    scales : (float, float)
+        ``Features.scale`` of each image: keypoints are multiplied by them so
+        that ``ransac_threshold`` is in pixels of the resized images. (1, 1)
+        puts the threshold in the keypoints' own pixels.
+
+    Returns
+    -------
+    inliers : numpy.ndarray of shape (m,), bool
+    reason : str or None
+        Why there are no inliers (e.g. ``"fewer than 8 matches (5)"``), else None.
+    """
+    config = config or SiftConfig()
+    matches = np.asarray(matches, np.int64).reshape(-1, 2)
+    none = np.zeros(len(matches), bool)
+    if len(matches) < config.min_matches:
+        return none, f"fewer than {config.min_matches} matches ({len(matches)})"
+    pts_a = np.asarray(kp_a, np.float64)[matches[:, 0]] * scales[0]
+    pts_b = np.asarray(kp_b, np.float64)[matches[:, 1]] * scales[1]
+    try:
+        if config.estimator == "homography":
+            model, mask = cv2.findHomography(
+                pts_a, pts_b, method=cv2.USAC_MAGSAC, ransacReprojThreshold=config.ransac_threshold,
+                maxIters=config.max_iters, confidence=config.confidence)
+        else:
+            model, mask = cv2.findFundamentalMat(
+                pts_a, pts_b, method=cv2.USAC_MAGSAC, ransacReprojThreshold=config.ransac_threshold,
+                confidence=config.confidence, maxIters=config.max_iters)
+    except cv2.error as exc:
+        detail = " ".join(str(exc).split("error: ", 1)[-1].split())  # drop "OpenCV(x) file:line: "
+        return none, f"{ESTIMATORS[config.estimator]} estimation failed: {detail}"
+    if model is None or mask is None or not mask.any():
+        return none, f"no {ESTIMATORS[config.estimator]} found"
+    return mask.ravel().astype(bool), None
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+@dataclass
+class PairScore(DictConfig):
+    """How well two images match geometrically.
+
+    Attributes
+    ----------
+    n_keypoints_a, n_keypoints_b : int
+    n_matches : int
+        Matches that passed the ratio (and mutual) test.
+    n_inliers : int
+        Matches the geometric model explains.
+    inlier_ratio : float
+        ``n_inliers / n_matches``, 0 when there are no matches.
+    reason : str or None
+        Why ``n_inliers`` is 0, else None.
+    """
+
+    n_keypoints_a: int
+    n_keypoints_b: int
+    n_matches: int
+    n_inliers: int
+    inlier_ratio: float
+    reason: str = None
+
+
+@dataclass(eq=False)
+class PairMatches:
+    """Features, matches and inliers of a pair (for scoring and drawing).
+
+    Attributes
+    ----------
+    features_a, features_b : Features
+    matches : numpy.ndarray of shape (m, 2), int64
+    inliers : numpy.ndarray of shape (m,), bool
+    reason : str or None
+    """
+
+    features_a: Features
+    features_b: Features
+    matches: np.ndarray
+    inliers: np.ndarray
+    reason: str = None
+
+    def score(self):
+        """The :class:`PairScore` of this pair."""
+        n_matches, n_inliers = len(self.matches), int(self.inliers.sum())
+        return PairScore(
+            n_keypoints_a=len(self.features_a), n_keypoints_b=len(self.features_b),
+            n_matches=n_matches, n_inliers=n_inliers,
+            inlier_ratio=n_inliers / n_matches if n_matches else 0.0, reason=self.reason)
+
+
+def _features(image, config, cache):
+    if isinstance(image, Features):
+        return image
+    if cache is not None and not isinstance(image, np.ndarray):
+        return cache.get(image, config)
+    return extract(image, config)
+
+
+def pair_matches(image_a, image_b, config=None, cache=None):
+    """Extract, match and verify one pair.
+
+    Parameters
+    ----------
+    image_a, image_b : str, path, numpy.ndarray or Features
+        Anything :func:`extract` takes, or features already extracted.
+    config : SiftConfig, optional
+    cache : FeatureCache, optional
+        Used for paths; arrays are always extracted afresh.
+
+    Returns
+    -------
+    PairMatches
+    """
+    config = config or SiftConfig()
+    features_a, features_b = (_features(image, config, cache) for image in (image_a, image_b))
+    matches = match(features_a.descriptors, features_b.descriptors, config.ratio, config.mutual)
+    empty = [side for side, f in (("A", features_a), ("B", features_b)) if not len(f)]
+    if empty:
+        inliers, reason = np.zeros(len(matches), bool), f"no keypoints in image {' and '.join(empty)}"
+    else:
+        inliers, reason = verify(features_a.keypoints, features_b.keypoints, matches, config,
+                                 scales=(features_a.scale, features_b.scale))
+    return PairMatches(features_a, features_b, matches, inliers, reason)
+
+
+def pair_score(image_a, image_b, config=None, cache=None):
+    """:class:`PairScore` of one pair; arguments as in :func:`pair_matches`."""
+    return pair_matches(image_a, image_b, config, cache).score()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir():
+    """``$XDG_CACHE_HOME/imgsim/sift``, by default ``~/.cache/imgsim/sift``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgsim", "sift")
+
+
+class FeatureCache:
+    """Features on disk, one ``.npz`` per image content and extraction setting.
+
+    The key is the SHA-256 of the file's bytes plus ``max_side``,
+    ``n_features``, ``root_sift`` and ``upright``, so a renamed copy hits and an
+    edited file misses. Files are written atomically; an unreadable one
+    (truncated, corrupt) counts as a miss and is rewritten. Safe to share
+    between threads.
+
+    Parameters
+    ----------
+    folder : str or path, optional
+        Defaults to :func:`default_cache_dir`.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Counters of :meth:`get`.
+    """
+
+    def __init__(self, folder=None):
+        self.folder = os.fspath(folder) if folder is not None else default_cache_dir()
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"FeatureCache({self.folder!r}, hits={self.hits}, misses={self.misses})"
+
+    def file_for(self, path, config=None):
+        """The cache file of image ``path`` under ``config``'s extraction settings."""
+        config = config or SiftConfig()
+        settings = "".join(f"_{name}={getattr(config, name)}" for name in EXTRACTION_FIELDS)
+        return os.path.join(self.folder, file_digest(path) + settings + ".npz")
+
+    def get(self, path, config=None):
+        """Features of the image file ``path``, extracted (and stored) on a miss."""
+        config = config or SiftConfig()
+        file = self.file_for(path, config)
+        features = _read_features(file)
+        with self._lock:
+            if features is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        if features is None:
+            features = extract(path, config)
+            _write_features(file, features)
+        return features
+
+
+def _write_features(file, features):
+    buffer = io.BytesIO()
+    np.savez(buffer, keypoints=features.keypoints, scales=features.scales, angles=features.angles,
+             descriptors=features.descriptors, image_size=np.asarray(features.image_size, np.int64),
+             scale=np.float64(features.scale))
+    atomic_write_bytes(file, buffer.getvalue())
+
+
+def _read_features(file):
+    """Features from a cache file, or None if it is missing or unreadable."""
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            height, width = (int(v) for v in z["image_size"])
+            features = Features(keypoints=z["keypoints"], scales=z["scales"], angles=z["angles"],
+                                descriptors=z["descriptors"], image_size=(height, width),
+                                scale=float(z["scale"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n = len(features.keypoints)
+    shapes_ok = (features.keypoints.shape == (n, 2) and features.descriptors.shape == (n, DESCRIPTOR_SIZE)
+                 and features.scales.shape == features.angles.shape == (n,))
+    return features if shapes_ok else None
+
+
+def extract_many(paths, config=None, cache=None, workers=None, progress=False):
+    """Features of many image files in parallel threads (OpenCV releases the GIL).
+
+    Parameters
+    ----------
+    paths : iterable of str or path
+        Repeated paths are extracted once.
+    config : SiftConfig, optional
+    cache : FeatureCache, optional
+    workers : int, optional
+        Threads; default ``min(8, cpu_count)``.
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    list of Features, in the order of ``paths``.
+    """
+    config = config or SiftConfig()
+    paths = [os.fspath(p) for p in paths]
+    unique = list(dict.fromkeys(paths))
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda p: _features(p, config, cache), unique)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(unique), desc="SIFT", unit="img")
+        by_path = dict(zip(unique, results))
+    return [by_path[p] for p in paths]

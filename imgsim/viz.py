@@ -1,0 +1,159 @@
+"""Figures from arrays and metrics: computing happens elsewhere, drawing happens here.
+
+Every function returns a :class:`matplotlib.figure.Figure` (drawn with the
+non-interactive Agg canvas unless a notebook backend is active) and never
+runs a model. :func:`save_figure` writes a PNG atomically.
+"""
+
+import io
+
+import numpy as np
+
+from imgsim.fileio import atomic_write_bytes
+
+INLIER_COLOUR, OUTLIER_COLOUR = "#1a9850", "#d73027"
+
+
+def _figure(*args, **kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(*args, **kwargs)
+
+
+def save_figure(fig, path, dpi=110):
+    """Write ``fig`` to ``path`` as PNG, atomically; returns ``path``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def roc_curves(curves, title="ROC on test pairs"):
+    """ROC curves of several methods on one axis.
+
+    Parameters
+    ----------
+    curves : dict of name → (y_true, scores)
+        Scores: higher means same scene.
+    """
+    from sklearn.metrics import RocCurveDisplay
+
+    fig = _figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    for name, (y_true, scores) in curves.items():
+        RocCurveDisplay.from_predictions(y_true, scores, name=name, ax=ax, plot_chance_level=False)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.axvline(0.01, c="grey", lw=0.8, ls="--")
+    ax.set_title(title)
+    return fig
+
+
+def score_histograms(panels, bins=30):
+    """Positive vs negative score distributions, one panel per method, with the threshold.
+
+    Parameters
+    ----------
+    panels : dict of name → (y_true, values, threshold, xlabel)
+    """
+    fig = _figure(figsize=(4.2 * len(panels), 3.4))
+    for i, (name, (y_true, values, threshold, xlabel)) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        y_true, values = np.asarray(y_true), np.asarray(values, np.float64)
+        edges = np.histogram_bin_edges(values, bins=bins)
+        ax.hist(values[y_true == 1], bins=edges, alpha=0.6, color=INLIER_COLOUR, label="same scene")
+        ax.hist(values[y_true == 0], bins=edges, alpha=0.6, color=OUTLIER_COLOUR, label="different")
+        ax.axvline(threshold, c="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def neighbour_grid(rows):
+    """Query images and their nearest neighbours, framed green (same scene) or red.
+
+    Parameters
+    ----------
+    rows : list of (query_image, [(image, same_scene, caption), ...])
+        Images are (h, w, 3) uint8 arrays.
+    """
+    n_cols = 1 + max(len(neighbours) for _, neighbours in rows)
+    fig = _figure(figsize=(1.9 * n_cols, 2.0 * len(rows)))
+    for r, (query, neighbours) in enumerate(rows):
+        ax = fig.add_subplot(len(rows), n_cols, r * n_cols + 1)
+        ax.imshow(query)
+        ax.set_title("query", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        for c, (image, same, caption) in enumerate(neighbours):
+            ax = fig.add_subplot(len(rows), n_cols, r * n_cols + c + 2)
+            ax.imshow(image)
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(INLIER_COLOUR if same else OUTLIER_COLOUR)
+                spine.set_linewidth(4)
+            ax.set_title(caption, fontsize=7)
+    return fig
+
+
+def keypoints_figure(image, keypoints, scales=None, title="SIFT keypoints"):
+    """Keypoints (n, 2) in image pixels drawn over ``image``; circle size follows scale."""
+    fig = _figure(figsize=(6, 6 * image.shape[0] / image.shape[1]))
+    ax = fig.add_subplot()
+    ax.imshow(image)
+    size = 4.0 if scales is None else np.clip(np.asarray(scales) * 2.0, 2, 60)
+    ax.scatter(keypoints[:, 0], keypoints[:, 1], s=size, facecolors="none", edgecolors="yellow",
+               linewidths=0.6)
+    ax.set_title(f"{title} ({len(keypoints)})")
+    ax.set_axis_off()
+    return fig
+
+
+def matches_figure(image_a, image_b, kp_a, kp_b, matches, inlier_mask, title="", max_lines=300):
+    """Two images side by side with matches: inliers green, outliers red.
+
+    Parameters
+    ----------
+    kp_a, kp_b : (n, 2) keypoints in each image's pixels
+    matches : (m, 2) int index pairs into ``kp_a`` and ``kp_b``
+    inlier_mask : (m,) bool
+    """
+    height = max(image_a.shape[0], image_b.shape[0])
+    canvas = np.zeros((height, image_a.shape[1] + image_b.shape[1], 3), np.uint8)
+    canvas[:image_a.shape[0], :image_a.shape[1]] = image_a
+    canvas[:image_b.shape[0], image_a.shape[1]:] = image_b
+    fig = _figure(figsize=(10, 10 * height / canvas.shape[1] + 0.4))
+    ax = fig.add_subplot()
+    ax.imshow(canvas)
+    matches, inlier_mask = np.asarray(matches), np.asarray(inlier_mask, bool)
+    order = np.random.default_rng(0).permutation(len(matches))[:max_lines]
+    for i in order:
+        a, b = kp_a[matches[i, 0]], kp_b[matches[i, 1]]
+        colour = INLIER_COLOUR if inlier_mask[i] else OUTLIER_COLOUR
+        ax.plot([a[0], b[0] + image_a.shape[1]], [a[1], b[1]], c=colour, lw=0.6,
+                alpha=0.9 if inlier_mask[i] else 0.4)
+    ax.set_title(f"{title} — {int(inlier_mask.sum())} inliers / {len(matches)} matches")
+    ax.set_axis_off()
+    return fig
+
+
+def embedding_projection(points, labels, title="Embeddings (PCA, 2-D)"):
+    """Scatter of 2-D points coloured by label (legend when few labels)."""
+    fig = _figure(figsize=(6.5, 5))
+    ax = fig.add_subplot()
+    labels = np.asarray(labels)
+    names = sorted(set(labels.tolist()))
+    colours = _palette(len(names))
+    for name, colour in zip(names, colours):
+        mask = labels == name
+        ax.scatter(points[mask, 0], points[mask, 1], s=18, color=colour, label=str(name))
+    if len(names) <= 20:
+        ax.legend(fontsize=6, loc="best", ncol=2)
+    ax.set_title(title)
+    return fig
+
+
+def _palette(n):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"] if n <= 20 else colormaps["nipy_spectral"]
+    return [cmap(i / max(n - 1, 1)) if n > 20 else cmap(i) for i in range(n)]

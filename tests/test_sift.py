@@ -1,0 +1,361 @@
+"""SIFT extraction, matching and verification on real photos of the embedded sample.
+
+Geometry is checked against a homography the test applies itself (numpy
+reprojection), matching against hand-made descriptors, RootSIFT against a numpy
+computation from plain SIFT descriptors of the same keypoints.
+"""
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SAMPLE
+from imgsim.data import load_image, load_table
+from imgsim.errors import ConfigError, ImageDecodeError
+from imgsim.sift import (
+    FeatureCache,
+    Features,
+    PairScore,
+    SiftConfig,
+    extract,
+    extract_many,
+    match,
+    pair_matches,
+    pair_score,
+    verify,
+)
+
+MAX_SIDE = 640  # the sample's photos are at most 640 px: no resize
+# Mild perspective + 10° rotation + 0.9 scale + shift, in pixel coordinates (x, y, 1).
+ANGLE = np.deg2rad(10)
+H = np.array([[0.9 * np.cos(ANGLE), -0.9 * np.sin(ANGLE), 40.0],
+              [0.9 * np.sin(ANGLE), 0.9 * np.cos(ANGLE), -10.0],
+              [1e-4, 5e-5, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Sample photo paths by file name."""
+    table = load_table(SAMPLE)
+    return dict(zip(table["image"].map(os.path.basename), table["path"]))
+
+
+@pytest.fixture(scope="module")
+def fountain(photos):
+    return load_image(photos["fountain_p11_0000.jpg"])
+
+
+@pytest.fixture(scope="module")
+def warped(fountain):
+    height, width = fountain.shape[:2]
+    return cv2.warpPerspective(fountain, H, (width, height))
+
+
+def reprojection_error(pm):
+    """Distance, in original pixels of B, between H(keypoint in A) and its match in B (every match)."""
+    a = pm.features_a.keypoints[pm.matches[:, 0]].astype(np.float64)
+    b = pm.features_b.keypoints[pm.matches[:, 1]].astype(np.float64)
+    projected = np.c_[a, np.ones(len(a))] @ H.T
+    return np.linalg.norm(projected[:, :2] / projected[:, 2:] - b, axis=1)
+
+
+def features_equal(f, g):
+    return (all(np.array_equal(getattr(f, name), getattr(g, name))
+                for name in ("keypoints", "scales", "angles", "descriptors"))
+            and f.image_size == g.image_size and f.scale == g.scale)
+
+
+# --------------------------------------------------------------------------- geometry on real photos
+
+
+def test_homography_inliers_agree_with_the_known_warp(fountain, warped):
+    config = SiftConfig(max_side=480, estimator="homography")  # 640 → 480: exercises the rescaling
+    pm = pair_matches(fountain, warped, config)
+    assert pm.features_a.scale == pytest.approx(480 / 640)
+    assert pm.features_a.image_size == fountain.shape[:2]
+    assert pm.reason is None and pm.inliers.sum() >= 50
+    # threshold is in resized pixels: 1 px there is 1 / scale px in the original
+    bound = 3 * config.ransac_threshold / pm.features_b.scale
+    assert reprojection_error(pm)[pm.inliers].max() < bound
+
+
+def test_fundamental_inliers_on_the_known_warp(fountain, warped):
+    pm = pair_matches(fountain, warped, SiftConfig(max_side=MAX_SIDE, estimator="fundamental"))
+    assert pm.inliers.sum() >= 50
+    # an epipolar constraint is weaker than H: nearly all of its inliers are still true matches
+    assert np.mean(reprojection_error(pm)[pm.inliers] < 3.0) > 0.95
+
+
+@pytest.mark.parametrize("estimator", ["fundamental", "homography"])
+def test_same_scene_beats_different_scenes(photos, estimator):
+    config = SiftConfig(max_side=MAX_SIDE, estimator=estimator)
+    different = pair_score(photos["castle_p30_0003.jpg"],
+                           photos["espresso_PXL_20210526_021804355.jpg"], config)
+    same = pair_score(photos["fountain_p11_0000.jpg"], photos["fountain_p11_0001.jpg"], config)
+    assert different.n_inliers < 15
+    assert same.n_inliers >= 50 and same.n_inliers > 5 * different.n_inliers
+    assert same.inlier_ratio == pytest.approx(same.n_inliers / same.n_matches)
+    assert same.reason is None
+
+
+def test_threshold_is_in_resized_pixels():
+    """40 exact matches of H, 40 moved 3 px off it, 20 random: 3 px is 0.75 px at scale 0.25."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1000, (100, 2))
+    projected = np.c_[a, np.ones(100)] @ H.T
+    b = projected[:, :2] / projected[:, 2:]
+    angle = rng.uniform(0, 2 * np.pi, 40)
+    b[40:80] += 3 * np.c_[np.cos(angle), np.sin(angle)]
+    b[80:] = rng.uniform(0, 1000, (20, 2))
+    descriptors = rng.uniform(0, 1, (100, 128)).astype(np.float32)  # keypoint i matches keypoint i
+    config = SiftConfig(estimator="homography", ransac_threshold=1.0)
+    for scale, expected in ((1.0, 40), (0.5, 40), (0.25, 80)):  # 3, 1.5 and 0.75 px off
+        fa, fb = (Features(xy.astype(np.float32), np.ones(100, np.float32), np.zeros(100, np.float32),
+                           descriptors, (1000, 1000), scale) for xy in (a, b))
+        pm = pair_matches(fa, fb, config)
+        np.testing.assert_array_equal(pm.matches, np.c_[np.arange(100), np.arange(100)])
+        np.testing.assert_array_equal(pm.inliers, np.arange(100) < expected)
+        mask, reason = verify(a, b, pm.matches, config, scales=(scale, scale))
+        assert reason is None and np.array_equal(mask, pm.inliers)
+
+
+# --------------------------------------------------------------------------- descriptors and matching
+
+
+def test_root_sift_is_sqrt_of_l1_normalised_sift(fountain):
+    plain = extract(fountain, SiftConfig(max_side=MAX_SIDE, root_sift=False))
+    root = extract(fountain, SiftConfig(max_side=MAX_SIDE, root_sift=True))
+    assert len(plain) > 100 and np.array_equal(plain.keypoints, root.keypoints)
+    d = plain.descriptors.astype(np.float64)
+    assert d.min() >= 0
+    np.testing.assert_allclose(root.descriptors, np.sqrt(d / d.sum(axis=1, keepdims=True)), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(root.descriptors, axis=1), 1.0, atol=1e-5)
+    assert root.descriptors.dtype == np.float32 and root.descriptors.shape == (len(root), 128)
+
+
+def test_upright_keypoints_have_no_orientation(fountain):
+    free = extract(fountain, SiftConfig(max_side=MAX_SIDE))
+    upright = extract(fountain, SiftConfig(max_side=MAX_SIDE, upright=True))
+    assert np.all(upright.angles == 0)
+    places = {tuple(row) for row in np.c_[upright.keypoints, upright.scales]}
+    assert len(places) == len(upright)  # orientation duplicates are gone
+    assert places <= {tuple(row) for row in np.c_[free.keypoints, free.scales]}
+    assert len(upright) < len(free)
+
+
+B = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
+A = np.array([
+    [0.1, 0, 0],  # 0 → b0 at 0.1, next at 9.9: a clear match
+    [5, 5, 0],    # 1 → b0, b1, b2 all at 7.07: ambiguous, rejected
+    [0, 0, 9.9],  # 2 → b3 at 0.1: a clear match
+    [0, 0, 9],    # 3 → b3 at 1.0, next at 9.0 (ratio 0.11); b3's nearest is a2, not a3
+], np.float32)
+
+
+@pytest.mark.parametrize("ratio, mutual, expected", [
+    (0.8, True, [[0, 0], [2, 3]]),
+    (0.8, False, [[0, 0], [2, 3], [3, 3]]),
+    (0.05, False, [[0, 0], [2, 3]]),  # a3's ratio 0.11 fails, a0's and a2's 0.01 pass
+    (1.0, False, [[0, 0], [2, 3], [3, 3]]),  # ties never pass, even at ratio 1
+])
+def test_match_ratio_and_mutual(ratio, mutual, expected):
+    result = match(A, B, ratio=ratio, mutual=mutual)
+    assert result.dtype == np.int64
+    np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("desc_a, desc_b", [(A[:1], B), (A, B[:1]), (A[:0], B), (A, B[:0])])
+def test_match_needs_two_descriptors_on_each_side(desc_a, desc_b):
+    result = match(desc_a, desc_b)
+    assert result.shape == (0, 2) and result.dtype == np.int64
+
+
+def test_match_argument_errors():
+    with pytest.raises(ValueError, match="descriptor sizes differ: 3 and 2"):
+        match(A, B[:, :2])
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 0"):
+        match(A, B, ratio=0)
+
+
+# --------------------------------------------------------------------------- bad input: a reason, no exception
+
+
+def test_flat_colour_has_no_keypoints(fountain):
+    flat = np.full((300, 400, 3), 128, np.uint8)
+    features = extract(flat)
+    assert features.keypoints.shape == (0, 2) and features.descriptors.shape == (0, 128)
+    assert features.keypoints.dtype == features.descriptors.dtype == np.float32
+    config = SiftConfig(max_side=MAX_SIDE)
+    assert pair_score(flat, fountain, config) == PairScore(0, len(extract(fountain, config)), 0, 0, 0.0,
+                                                           "no keypoints in image A")
+    assert pair_score(fountain, flat, config).reason == "no keypoints in image B"
+    assert pair_score(flat, flat, config).reason == "no keypoints in image A and B"
+
+
+def test_tiny_gradient_file(tmp_path, fountain):
+    y, x = np.mgrid[0:40, 0:40]
+    path = tmp_path / "gradient.png"
+    Image.fromarray(((x + y) * 3).astype(np.uint8)).save(path)
+    score = pair_score(fountain, path, SiftConfig(max_side=MAX_SIDE))
+    assert (score.n_keypoints_b, score.n_matches, score.n_inliers) == (0, 0, 0)
+    assert score.reason == "no keypoints in image B"
+    assert len(extract(np.zeros((1, 1), np.uint8))) == 0
+
+
+def test_fewer_than_min_matches(fountain):
+    config = SiftConfig(max_side=MAX_SIDE)
+    full = extract(fountain, config)
+    five = Features(full.keypoints[:5], full.scales[:5], full.angles[:5], full.descriptors[:5],
+                    full.image_size, full.scale)
+    score = pair_score(full, five, config)  # each of the five matches its own copy, mutually
+    assert (score.n_keypoints_b, score.n_matches, score.n_inliers) == (5, 5, 0)
+    assert score.reason == "fewer than 8 matches (5)"
+    mask, reason = verify(full.keypoints, full.keypoints, np.zeros((0, 2), int), config)
+    assert mask.shape == (0,) and reason == "fewer than 8 matches (0)"
+
+
+@pytest.mark.parametrize("estimator, name", [("fundamental", "fundamental matrix"),
+                                             ("homography", "homography")])
+def test_degenerate_and_failing_estimation(monkeypatch, estimator, name):
+    config = SiftConfig(estimator=estimator)
+    same_point = np.full((10, 2), 5.0)
+    pairs = np.c_[np.arange(10), np.arange(10)]
+    mask, reason = verify(same_point, same_point, pairs, config)
+    assert not mask.any() and mask.shape == (10,) and reason == f"no {name} found"
+
+    def boom(*args, **kwargs):
+        raise cv2.error("boom")
+
+    monkeypatch.setattr(cv2, "findFundamentalMat", boom)
+    monkeypatch.setattr(cv2, "findHomography", boom)
+    rng = np.random.default_rng(0)
+    mask, reason = verify(rng.uniform(0, 500, (10, 2)), rng.uniform(0, 500, (10, 2)), pairs, config)
+    assert not mask.any() and reason == f"{name} estimation failed: boom"
+
+
+def test_bad_file_error_comes_from_load_image(tmp_path):
+    path = tmp_path / "x.jpg"
+    path.write_text("hello")
+    with pytest.raises(ImageDecodeError, match="x.jpg: not an image"):
+        extract(path)
+    with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\) and dtype uint8"):
+        extract(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_pair_score_to_dict():
+    score = PairScore(10, 20, 8, 4, 0.5, None)
+    assert score.to_dict() == {"n_keypoints_a": 10, "n_keypoints_b": 20, "n_matches": 8,
+                               "n_inliers": 4, "inlier_ratio": 0.5, "reason": None}
+    assert PairScore.from_dict(score.to_dict()) == score
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_hit_equals_fresh_features(tmp_path, photos):
+    path = photos["fountain_p11_0000.jpg"]
+    config = SiftConfig(max_side=MAX_SIDE)
+    cache = FeatureCache(tmp_path)
+    first, second = cache.get(path, config), cache.get(path, config)
+    assert (cache.misses, cache.hits) == (1, 1)
+    fresh = extract(path, config)
+    assert features_equal(first, fresh) and features_equal(second, fresh)
+
+    copy = tmp_path / "renamed.jpg"  # the key is the content, not the name
+    shutil.copyfile(path, copy)
+    cache.get(copy, config)
+    assert (cache.misses, cache.hits) == (1, 2)
+
+    other = SiftConfig(max_side=MAX_SIDE, n_features=500)
+    assert len(cache.get(path, other)) == 500
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert cache.file_for(path, other) != cache.file_for(path, config)
+    # matching settings are not part of the key
+    cache.get(path, SiftConfig(max_side=MAX_SIDE, ratio=0.6, estimator="homography"))
+    assert (cache.misses, cache.hits) == (2, 3)
+
+
+def test_corrupt_cache_file_is_a_miss_and_rewritten(tmp_path, photos):
+    path = photos["castle_p30_0003.jpg"]
+    config = SiftConfig(max_side=MAX_SIDE)
+    cache = FeatureCache(tmp_path)
+    fresh = cache.get(path, config)
+    file = cache.file_for(path, config)
+    good = open(file, "rb").read()
+    for damaged in (good[: len(good) // 2], good[:-10], good[:30], b"", b"not a zip file"):
+        with open(file, "wb") as f:
+            f.write(damaged)
+        misses = cache.misses
+        assert features_equal(cache.get(path, config), fresh)
+        assert cache.misses == misses + 1
+        assert open(file, "rb").read() == good
+    assert cache.hits == 0
+
+
+def test_pair_set_extracts_each_image_once(tmp_path, photos):
+    a, b, c = (photos[f"fountain_p11_000{i}.jpg"] for i in range(3))
+    config = SiftConfig(max_side=320)
+    cache = FeatureCache(tmp_path / "pairs")
+    scores = [pair_score(x, y, config, cache=cache) for x, y in ((a, b), (b, c), (a, c))]
+    assert (cache.misses, cache.hits) == (3, 3)
+    assert all(s.n_inliers > 0 for s in scores)
+    assert len(os.listdir(tmp_path / "pairs")) == 3
+
+    cache = FeatureCache(tmp_path / "many")
+    features = extract_many([a, b, b, c, a], config, cache=cache, workers=3, progress=True)
+    assert (cache.misses, cache.hits) == (3, 0)
+    assert features[0] is features[4] and features[1] is features[2]
+    assert features_equal(features[3], extract(c, config))
+
+
+def test_arrays_bypass_the_cache(tmp_path, photos, fountain):
+    cache = FeatureCache(tmp_path)
+    pair_score(fountain, photos["fountain_p11_0001.jpg"], SiftConfig(max_side=320), cache=cache)
+    assert (cache.misses, cache.hits) == (1, 0)
+    assert len(os.listdir(tmp_path)) == 1
+
+
+def test_default_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FeatureCache().folder == str(tmp_path / "xdg" / "imgsim" / "sift")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert FeatureCache().folder == str(tmp_path / ".cache" / "imgsim" / "sift")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"max_side": 16}, "max_side must be an integer >= 32, got 16"),
+    ({"max_side": 640.0}, "max_side must be an integer >= 32, got 640.0"),
+    ({"n_features": -1}, "n_features must be an integer >= 0 (0: all), got -1"),
+    ({"root_sift": 1}, "root_sift must be True or False, got 1"),
+    ({"upright": "no"}, "upright must be True or False, got 'no'"),
+    ({"mutual": None}, "mutual must be True or False, got None"),
+    ({"ratio": 0}, "ratio must be in (0, 1], got 0"),
+    ({"ratio": 1.2}, "ratio must be in (0, 1], got 1.2"),
+    ({"estimator": "affine"}, "estimator must be one of ('fundamental', 'homography'), got 'affine'"),
+    ({"ransac_threshold": 0}, "ransac_threshold must be > 0 pixels, got 0"),
+    ({"confidence": 1.0}, "confidence must be in (0, 1), got 1.0"),
+    ({"max_iters": 0}, "max_iters must be an integer >= 1, got 0"),
+    ({"min_matches": 6}, "min_matches must be an integer >= 7 for estimator 'fundamental', got 6"),
+    ({"min_matches": 3, "estimator": "homography"},
+     "min_matches must be an integer >= 4 for estimator 'homography', got 3"),
+])
+def test_config_validation(changes, message):
+    with pytest.raises(ConfigError) as info:
+        SiftConfig(**changes)
+    assert str(info.value) == message
+
+
+def test_config_round_trip():
+    config = SiftConfig(max_side=800, estimator="homography", min_matches=4)
+    assert SiftConfig.from_dict(config.to_dict()) == config
+    assert SiftConfig(**{"min_matches": 4, "estimator": "homography"}).min_matches == 4
+    with pytest.raises(ConfigError, match="unknown SiftConfig keys: threshold"):
+        SiftConfig.from_dict({"threshold": 2})
