@@ -23,6 +23,10 @@ def _add_train_args(parser):
     parser.add_argument("--distance-metric", default=d.distance_metric,
                         choices=["L2", "squared-L2", "angular"])
     parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--monitor", default=d.monitor,
+                        choices=["val_map_at_r", "val_precision_at_1", "val_loss"])
+    parser.add_argument("--pca-copies", type=int, default=d.pca_copies)
+    parser.add_argument("--head-init", default=d.embedding.head_init, choices=["pca", "random"])
     parser.add_argument("--alpha", type=float, default=d.embedding.alpha)
     parser.add_argument("--image-size", type=int, default=d.embedding.image_size)
     parser.add_argument("--trainable-layers", type=int, default=d.embedding.trainable_layers)
@@ -43,10 +47,12 @@ def _train_config(args):
         data=args.data, runs_dir=args.runs_dir, run_name=args.run_name, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, learning_rate=args.learning_rate,
         margin=args.margin, distance_metric=args.distance_metric, patience=args.patience,
+        monitor=args.monitor, pca_copies=args.pca_copies,
         seed=args.seed, split_seed=args.split_seed, on_error=args.on_error, workers=args.workers,
         embedding=EmbeddingConfig(alpha=args.alpha, image_size=args.image_size,
                                   trainable_layers=args.trainable_layers,
-                                  embedding_dim=args.embedding_dim),
+                                  embedding_dim=args.embedding_dim,
+                                  hidden_dim=2 * args.embedding_dim, head_init=args.head_init),
         augment=AugmentConfig(strength=args.augment_strength))
 
 
@@ -61,6 +67,17 @@ def cmd_embed(args):
 
     embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
                  image_size=args.image_size)
+
+
+def cmd_evaluate(args):
+    from imgsim.evaluate import EvalConfig, evaluate
+    from imgsim.sift import SiftConfig
+
+    evaluate(EvalConfig(
+        run=args.run, data=args.data, report_dir=args.report_dir, protocols=args.protocols,
+        max_pairs_per_dataset=args.max_pairs, image_size=args.image_size,
+        cache_dir=args.cache_dir, sift_retrieval=not args.no_sift_retrieval, workers=args.workers,
+        sift=SiftConfig(max_side=args.sift_max_side, n_features=args.sift_features)))
 
 
 def cmd_demo(args):
@@ -88,6 +105,20 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=224, help="only for the ImageNet default")
     p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("evaluate", help="deep vs SIFT vs fused report on held-out scenes")
+    p.add_argument("--run", default=None, help="run folder (default: ImageNet baseline)")
+    p.add_argument("--data", default=None, help="data root (default: the run's)")
+    p.add_argument("--report-dir", default=None, help="default reports/<run name>")
+    p.add_argument("--protocols", nargs="+", default=["hard", "easy"], choices=["hard", "easy"])
+    p.add_argument("--max-pairs", type=int, default=60, help="positive pairs per dataset")
+    p.add_argument("--image-size", type=int, default=224, help="ImageNet baseline input size")
+    p.add_argument("--sift-features", type=int, default=4000)
+    p.add_argument("--sift-max-side", type=int, default=1024)
+    p.add_argument("--cache-dir", default=None, help="SIFT feature cache folder")
+    p.add_argument("--no-sift-retrieval", action="store_true",
+                   help="skip ranking all test pairs by SIFT inliers (n^2/2 matchings)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("demo", help="train on the embedded sample, compare with ImageNet")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"))

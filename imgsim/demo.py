@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from imgsim import data as data_mod
+from imgsim.augment import AugmentConfig
 from imgsim.fileio import atomic_write_json
 from imgsim.train import TrainConfig, fit
 
@@ -17,8 +18,8 @@ METRICS = ("precision_at_1", "recall_at_5", "map_at_r")
 
 
 def _demo_train_config():
-    return TrainConfig(data=SAMPLE_DATA, epochs=6, steps_per_epoch=6, p=7, k=4, margin=0.5,
-                       learning_rate=1e-4, patience=3)
+    return TrainConfig(data=SAMPLE_DATA, epochs=8, steps_per_epoch=6, p=7, k=4, margin=0.3,
+                       learning_rate=1e-4, patience=4, augment=AugmentConfig(strength=2.0))
 
 
 @dataclass

@@ -58,7 +58,8 @@ class TrainConfig(DictConfig):
     learning_rate : float
         Adam learning rate.
     margin : float
-        Triplet margin.
+        Triplet margin (0.3: embeddings are unit vectors, distances lie in [0, 2];
+        tfa's default 1.0 is the loss's own default).
     distance_metric : {"L2", "squared-L2", "angular"}
     monitor : {"val_map_at_r", "val_precision_at_1", "val_loss"}
         Validation figure that picks ``best.keras`` and drives early stopping
@@ -90,7 +91,7 @@ class TrainConfig(DictConfig):
     epochs: int = 20
     steps_per_epoch: int = None
     learning_rate: float = 1e-4
-    margin: float = 1.0
+    margin: float = 0.3
     distance_metric: str = "L2"
     monitor: str = "val_map_at_r"
     patience: int = 5
@@ -100,7 +101,7 @@ class TrainConfig(DictConfig):
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     split_seed: int = 0
-    pca_copies: int = 4
+    pca_copies: int = 8
     seed: int = 0
     on_error: str = "raise"
     workers: int = 2
