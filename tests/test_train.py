@@ -73,7 +73,7 @@ def test_config_validation():
         TrainConfig.from_dict({"lr": 1})
     a, b = TrainConfig(), TrainConfig.from_dict(TrainConfig().to_dict())
     assert a == b and a.run_id() == b.run_id()
-    assert TrainConfig(margin=0.3).run_id() != a.run_id()
+    assert TrainConfig(margin=0.7).run_id() != a.run_id()
     assert TrainConfig(runs_dir="elsewhere").run_id() == a.run_id()
 
 
