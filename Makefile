@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test sweep sweep-full clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m imgsim demo
 
+# The unit and integration tests, then nbval over every notebook (small default parameters).
 test: install
-	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra
+	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra tests notebooks --nbval-lax
+
+sweep: install
+	$(PY) -m imgsim sweep experiments/demo.yaml
+
+sweep-full: install
+	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/full.yaml
 
 clean:
 	rm -rf runs reports/demo/metrics.json .pytest_cache

@@ -80,6 +80,17 @@ def cmd_evaluate(args):
         sift=SiftConfig(max_side=args.sift_max_side, n_features=args.sift_features)))
 
 
+def cmd_sweep(args):
+    from imgsim.sweep import sweep
+
+    result = sweep(args.experiment, out_root=args.out_root, workers=args.workers,
+                   scheduler=args.scheduler, retry_failed=args.retry_failed)
+    print(open(os.path.join(result["root"], "summary.md")).read())
+    print(f"ran {result['ran']}, skipped {result['skipped']} finished, failed {result['failed']}; "
+          f"summary: {os.path.join(result['root'], 'summary.md')}")
+    return 1 if result["failed"] else 0
+
+
 def cmd_demo(args):
     from imgsim.demo import DemoConfig, run_demo
 
@@ -119,6 +130,13 @@ def build_parser():
                    help="skip ranking all test pairs by SIFT inliers (n^2/2 matchings)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("sweep", help="run an experiments/<name>.yaml sweep with papermill on Dask")
+    p.add_argument("experiment")
+    p.add_argument("--out-root", default=os.path.join("reports", "sweeps"))
+    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("demo", help="train on the embedded sample, compare with ImageNet")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"))
@@ -131,11 +149,10 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except ImgsimError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

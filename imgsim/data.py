@@ -36,6 +36,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 OUTLIERS = "outliers"
 ON_ERROR = ("raise", "skip")
 MIN_SIDE = 32
+# The embedded sample (12 scenes of real photos) in a clone or editable install.
+SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
 
 # Pillow refuses images over ~179 Mpx by default only with a warning; make it an error.
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -508,3 +510,29 @@ def _sample_negatives(candidates, n, rng, protocol):
             break
         taken.append(frame.iloc[rng.permutation(len(frame))[:need]])
     return pd.concat(taken, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def scene_counts(table):
+    """Images per scene: a table with columns dataset, scene, images (largest first)."""
+    counts = table.groupby(["dataset", "scene"]).size().rename("images").reset_index()
+    return counts.sort_values(["images", "dataset", "scene"], ascending=[False, True, True],
+                              ignore_index=True)
+
+
+def check_images(table, workers=None, progress=False):
+    """Decode every image of ``table`` once; returns the :class:`BadFiles` found."""
+    bad = BadFiles()
+    load_images(table["path"], 32, on_error="skip", bad=bad, workers=workers, progress=progress)
+    return bad
+
+
+def sample_images(table, per_scene=4, size=128, seed=0):
+    """Up to ``per_scene`` decoded thumbnails of each scene: ``[(scene key, [arrays]), ...]``."""
+    groups = []
+    for (dataset, scene), rows in table.groupby(["dataset", "scene"], sort=True):
+        rows = rows.sample(n=min(per_scene, len(rows)), random_state=seed)
+        groups.append((f"{dataset}/{scene}", [load_image(p, size) for p in rows["path"]]))
+    return groups

@@ -13,7 +13,7 @@ from imgsim.augment import AugmentConfig
 from imgsim.fileio import atomic_write_json
 from imgsim.train import TrainConfig, fit
 
-SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
+SAMPLE_DATA = data_mod.SAMPLE_DATA
 METRICS = ("precision_at_1", "recall_at_5", "map_at_r")
 
 
@@ -49,21 +49,40 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def run_demo(config=None):
-    """Train, evaluate both models on the test scenes, print and save the table."""
+def compare_on_test_scenes(run, train_config, batch_size=32):
+    """P@1, R@5, mAP@R on a finished run's test scenes: ImageNet GAP baseline vs ``best.keras``.
+
+    Parameters
+    ----------
+    run : dict
+        What :func:`imgsim.train.fit` returned (its ``split`` and ``run_dir``).
+    train_config : TrainConfig
+        The run's configuration (data root, input size of the baseline).
+
+    Returns
+    -------
+    (results, test) : ({"imagenet": {...}, "finetuned": {...}}, test rows)
+    """
     from imgsim.model import build_imagenet_baseline, load_model
 
+    split = data_mod.Split.from_dict(run["split"])
+    table = data_mod.load_table(train_config.data, on_error=train_config.on_error)
+    test = data_mod.select(table, split.test, outliers=True)
+    results = {
+        "imagenet": evaluate_retrieval(build_imagenet_baseline(train_config.embedding), test,
+                                       batch_size),
+        "finetuned": evaluate_retrieval(load_model(os.path.join(run["run_dir"], "best.keras")), test,
+                                        batch_size),
+    }
+    return results, test
+
+
+def run_demo(config=None):
+    """Train, evaluate both models on the test scenes, print and save the table."""
     config = config or DemoConfig()
     run = fit(config.train)
     split = data_mod.Split.from_dict(run["split"])
-    table = data_mod.load_table(config.train.data, on_error=config.train.on_error)
-    test = data_mod.select(table, split.test, outliers=True)
-    results = {
-        "imagenet": evaluate_retrieval(build_imagenet_baseline(config.train.embedding), test,
-                                       config.batch_size),
-        "finetuned": evaluate_retrieval(load_model(os.path.join(run["run_dir"], "best.keras")), test,
-                                        config.batch_size),
-    }
+    results, test = compare_on_test_scenes(run, config.train, config.batch_size)
     report = dict(results, split=split.to_dict(), test_images=len(test), run_dir=run["run_dir"])
     path = atomic_write_json(os.path.join(config.report_dir, "metrics.json"), report)
     print(f"\nHeld-out test scenes ({len(split.test)} scenes, {len(test)} images): "

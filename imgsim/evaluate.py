@@ -34,6 +34,8 @@ from imgsim.fusion import FusionConfig, FusionModel, pair_features
 from imgsim.sift import FeatureCache, SiftConfig, extract_many, pair_matches
 
 METHODS = ("dl", "sift", "fused")
+FIGURES = ("roc_hard.png", "roc_easy.png", "histograms.png", "neighbours.png", "keypoints.png",
+           "matches_positive.png", "matches_negative.png", "embedding_pca.png")
 SUMMARY_KEYS = ("accuracy", "roc_auc", "tpr_at_fpr_1pct", "precision_at_1", "recall_at_5",
                 "map_at_r", "ari", "imc_f1")
 
@@ -168,9 +170,7 @@ def _load(config):
         model = load_model(os.path.join(config.run, "best.keras"))
         name = os.path.basename(os.path.normpath(config.run))
     else:
-        from imgsim.demo import SAMPLE_DATA
-
-        data = config.data or SAMPLE_DATA
+        data = config.data or data_mod.SAMPLE_DATA
         model = build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
         split = None
         name = "imagenet"

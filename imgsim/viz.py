@@ -157,3 +157,52 @@ def _palette(n):
 
     cmap = colormaps["tab20"] if n <= 20 else colormaps["nipy_spectral"]
     return [cmap(i / max(n - 1, 1)) if n > 20 else cmap(i) for i in range(n)]
+
+
+def image_grid(groups, title=None):
+    """One row per group of thumbnails: ``[(label, [image, ...]), ...]``."""
+    n_cols = max(len(images) for _, images in groups)
+    fig = _figure(figsize=(1.6 * n_cols + 1.5, 1.6 * len(groups)))
+    for r, (label, images) in enumerate(groups):
+        for c, image in enumerate(images):
+            ax = fig.add_subplot(len(groups), n_cols, r * n_cols + c + 1)
+            ax.imshow(image)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label.split("/")[-1], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def history_figure(history, metrics=("loss", "val_loss", "val_map_at_r", "val_precision_at_1")):
+    """Training curves from ``history.csv`` rows (dicts of strings or numbers), one panel each."""
+    shown = [m for m in metrics if history and m in history[0]]
+    fig = _figure(figsize=(3.6 * max(len(shown), 1), 3.0))
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    for i, name in enumerate(shown):
+        ax = fig.add_subplot(1, len(shown), i + 1)
+        ax.plot(epochs, [float(r[name]) for r in history], marker="o", ms=3)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+    return fig
+
+
+def metric_vs_parameter(rows, metric, parameter):
+    """Scatter of one metric against one swept parameter (sweep summaries)."""
+    fig = _figure(figsize=(4, 3.2))
+    ax = fig.add_subplot()
+    points = [(r[parameter], r[metric]) for r in rows if r.get(metric) is not None]
+    if points:
+        xs, ys = zip(*points)
+        categorical = not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        if categorical:
+            names = sorted(set(map(str, xs)))
+            ax.set_xticks(range(len(names)), names)
+            xs = [names.index(str(x)) for x in xs]
+        ax.scatter(xs, ys)
+        if not categorical and min(xs) > 0 and max(xs) / min(xs) >= 20:
+            ax.set_xscale("log")
+    ax.set_xlabel(parameter)
+    ax.set_ylabel(metric)
+    return fig

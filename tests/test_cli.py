@@ -13,7 +13,7 @@ def test_help_lists_the_verbs(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for verb in ("train", "embed", "evaluate", "demo"):
+    for verb in ("train", "embed", "evaluate", "sweep", "demo"):
         assert verb in out
 
 

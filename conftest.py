@@ -1,0 +1,11 @@
+"""Root pytest configuration, shared by tests/ and the nbval run over notebooks/.
+
+Notebooks write their runs, reports and metrics.json under $IMGSIM_OUTPUT_DIR: point it at a
+temporary folder so a test run leaves nothing in the working tree.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("IMGSIM_OUTPUT_DIR", tempfile.mkdtemp(prefix="imgsim-test-output-"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
