@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test sweep sweep-full clean
+.PHONY: install browser demo test sweep sweep-full clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m imgsim demo
 
-# The unit and integration tests, then nbval over every notebook (small default parameters).
-test: install
+# Debian's Chromium for the end-to-end browser test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || echo "*** chromium could not be installed here: the browser test will be SKIPPED ***"
+
+# The unit and integration tests, the browser test, then nbval over every notebook (small defaults).
+test: install browser
 	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra tests notebooks --nbval-lax
 
 sweep: install

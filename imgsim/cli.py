@@ -91,6 +91,12 @@ def cmd_sweep(args):
     return 1 if result["failed"] else 0
 
 
+def cmd_serve(args):
+    from imgsim.widgets import serve
+
+    return serve(args.notebook, port=args.port, ip=args.ip)
+
+
 def cmd_demo(args):
     from imgsim.demo import DemoConfig, run_demo
 
@@ -137,6 +143,11 @@ def build_parser():
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("serve", help="serve the pair inspector as a web app (Voilà)")
+    p.add_argument("--port", type=int, default=8866)
+    p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument("--notebook", default=None, help="default notebooks/04_pair_inspector.ipynb")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("demo", help="train on the embedded sample, compare with ImageNet")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"))

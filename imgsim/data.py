@@ -17,6 +17,7 @@ records it in a :class:`BadFiles` list that the caller logs.
 """
 
 import hashlib
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -329,23 +330,34 @@ def load_image(path, size=None, min_side=MIN_SIDE):
         raise ImageDecodeError(f"{path}: not a file")
     if os.path.getsize(path) == 0:
         raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return _decode(path, path, size, min_side)
+
+
+def decode_image_bytes(data, name, size=None, min_side=MIN_SIDE):
+    """:func:`load_image` for bytes in memory (an upload); ``name`` only labels errors."""
+    if len(data) == 0:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, size, min_side)
+
+
+def _decode(source, label, size, min_side):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb8(img)
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image") from None
+        raise ImageDecodeError(f"{label}: not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError(f"{path}: image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise ImageDecodeError(f"{label}: image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         problem = "truncated image data" if "truncat" in str(exc).lower() else "corrupt image data"
-        raise ImageDecodeError(f"{path}: {problem}") from None
+        raise ImageDecodeError(f"{label}: {problem}") from None
     h, w = rgb.shape[:2]
     if min(h, w) < min_side:
-        raise ImageDecodeError(f"{path}: image is {w}x{h} pixels, smaller than {min_side} px")
+        raise ImageDecodeError(f"{label}: image is {w}x{h} pixels, smaller than {min_side} px")
     if size is not None:
         rgb = resize(rgb, size)
     return rgb

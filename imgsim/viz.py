@@ -206,3 +206,15 @@ def metric_vs_parameter(rows, metric, parameter):
     ax.set_xlabel(parameter)
     ax.set_ylabel(metric)
     return fig
+
+
+def pair_keypoints_figure(image_a, image_b, kp_a, kp_b, names=("A", "B")):
+    """The two images of a pair side by side, each with its keypoints."""
+    fig = _figure(figsize=(10, 4.2))
+    for i, (image, kp, name) in enumerate(((image_a, kp_a, names[0]), (image_b, kp_b, names[1]))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.imshow(image)
+        ax.scatter(kp[:, 0], kp[:, 1], s=3, c="yellow", linewidths=0)
+        ax.set_title(f"{name} ({len(kp)} keypoints)", fontsize=9)
+        ax.set_axis_off()
+    return fig

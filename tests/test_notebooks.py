@@ -13,7 +13,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 
 def test_the_three_notebooks_exist():
     names = [os.path.basename(n) for n in NOTEBOOKS]
-    assert {"01_data.ipynb", "02_train.ipynb", "03_evaluate.ipynb"} <= set(names)
+    assert {"01_data.ipynb", "02_train.ipynb", "03_evaluate.ipynb", "04_pair_inspector.ipynb"} <= set(names)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
