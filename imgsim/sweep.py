@@ -18,8 +18,9 @@ A run executes in a temporary folder renamed into place when it ends, so a
 sweep killed at any moment loses only the runs in flight, which run again
 from scratch next time; finished runs are skipped. A failed run keeps its
 executed notebook (with the error) and does not stop the others; it is run
-again only with ``retry_failed``. ``summary.csv``, ``summary.md`` and one
-figure per metric and swept parameter are rewritten as runs finish.
+again only with ``retry_failed``. ``summary.csv``, ``summary.md`` and
+``metrics_vs_parameters.png`` (every metric that varies against every swept
+parameter) are rewritten as runs finish.
 """
 
 import csv
@@ -291,7 +292,7 @@ def summary_rows(experiment, root):
 
 
 def write_summary(experiment, root):
-    """Rewrite ``summary.csv``, ``summary.md`` and the metric-vs-parameter figures."""
+    """Rewrite ``summary.csv``, ``summary.md`` and ``metrics_vs_parameters.png``."""
     from imgsim import viz
 
     rows = summary_rows(experiment, root)
@@ -311,8 +312,8 @@ def write_summary(experiment, root):
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in shown) + " |" for r in rows]
     atomic_write_text(os.path.join(root, "summary.md"),
                       f"# Sweep {experiment.name} ({experiment.path})\n\n" + "\n".join(lines) + "\n")
-    for metric in metric_columns:
-        for parameter in experiment.swept():
-            viz.save_figure(viz.metric_vs_parameter(rows, metric, parameter),
-                            os.path.join(root, f"{metric}_vs_{parameter}.png"))
+    varying = [m for m in metric_columns if len({r.get(m) for r in rows if r.get(m) is not None}) > 1]
+    if varying and experiment.swept():
+        viz.save_figure(viz.metrics_vs_parameters(rows, varying, experiment.swept()),
+                        os.path.join(root, "metrics_vs_parameters.png"))
     return rows

@@ -188,23 +188,25 @@ def history_figure(history, metrics=("loss", "val_loss", "val_map_at_r", "val_pr
     return fig
 
 
-def metric_vs_parameter(rows, metric, parameter):
-    """Scatter of one metric against one swept parameter (sweep summaries)."""
-    fig = _figure(figsize=(4, 3.2))
-    ax = fig.add_subplot()
-    points = [(r[parameter], r[metric]) for r in rows if r.get(metric) is not None]
-    if points:
-        xs, ys = zip(*points)
-        categorical = not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        if categorical:
-            names = sorted(set(map(str, xs)))
-            ax.set_xticks(range(len(names)), names)
-            xs = [names.index(str(x)) for x in xs]
-        ax.scatter(xs, ys)
-        if not categorical and min(xs) > 0 and max(xs) / min(xs) >= 20:
-            ax.set_xscale("log")
-    ax.set_xlabel(parameter)
-    ax.set_ylabel(metric)
+def metrics_vs_parameters(rows, metrics, parameters):
+    """Sweep summary: one scatter panel per (metric, swept parameter), metrics as rows."""
+    fig = _figure(figsize=(3.4 * len(parameters), 2.6 * len(metrics)), layout="constrained")
+    for i, metric in enumerate(metrics):
+        for j, parameter in enumerate(parameters):
+            ax = fig.add_subplot(len(metrics), len(parameters), i * len(parameters) + j + 1)
+            points = [(r.get(parameter), r[metric]) for r in rows if r.get(metric) is not None]
+            if points:
+                xs, ys = zip(*points)
+                numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+                if not numeric:
+                    names = sorted(set(map(str, xs)))
+                    ax.set_xticks(range(len(names)), names)
+                    xs = [names.index(str(x)) for x in xs]
+                ax.scatter(xs, ys)
+                if numeric and min(xs) > 0 and max(xs) / min(xs) >= 20:
+                    ax.set_xscale("log")
+            ax.set_xlabel(parameter, fontsize=8)
+            ax.set_ylabel(metric, fontsize=8)
     return fig
 
 

@@ -120,3 +120,23 @@ def test_failed_run_keeps_its_notebook_and_does_not_stop_the_others(tmp_path):
     again = sweep(exp, out_root=str(tmp_path / "out"), progress=False)
     assert (again["ran"], again["skipped"]) == (0, 2)  # failed runs rerun only with retry_failed
     assert sweep(exp, out_root=str(tmp_path / "out"), progress=False, retry_failed=True)["ran"] == 1
+
+
+def test_summary_files_from_finished_runs(tmp_path):
+    """Summary rows come from the run folders: parameters, metrics, status; one figure."""
+    from imgsim.fileio import atomic_write_json
+    from imgsim.sweep import write_summary
+
+    exp = load_experiment(write(tmp_path / "s.yaml", f"notebook: {DATA_NB}\ngrid:\n  per_scene: [1, 2, 3]\n"))
+    root = tmp_path / "out"
+    for i, params in enumerate(exp.runs[:2]):
+        folder = root / run_id(exp.notebook, params)
+        atomic_write_json(str(folder / "status.json"), {"status": "ok", "wall_seconds": 1.5 + i})
+        atomic_write_json(str(folder / "metrics.json"), {"test": {"map_at_r": 0.5 + i / 10}})
+    rows = write_summary(exp, str(root))
+    assert [r["status"] for r in rows] == ["ok", "ok", "pending"]
+    assert [r.get("test.map_at_r") for r in rows] == [0.5, 0.6, None]
+    assert [r["per_scene"] for r in rows] == [1, 2, 3]
+    text = (root / "summary.md").read_text()
+    assert "| run_id | status | per_scene | test.map_at_r | wall_seconds |" in text
+    assert (root / "metrics_vs_parameters.png").stat().st_size > 1000
