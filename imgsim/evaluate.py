@@ -109,7 +109,7 @@ class Evidence:
     def __init__(self, model, sift_config, cache, workers=2, batch_size=32):
         self.model, self.sift_config, self.cache = model, sift_config, cache
         self.workers, self.batch_size = workers, batch_size
-        self.embeddings, self.matches = {}, {}
+        self.embeddings, self.matches, self.features = {}, {}, {}
 
     def embed(self, paths):
         from imgsim.model import embed
@@ -129,9 +129,10 @@ class Evidence:
         keys = [tuple(p) for p in pairs]
         todo = [k for k in dict.fromkeys(keys) if k not in self.matches]
         if todo:
-            paths = sorted({p for k in todo for p in k})
-            features = dict(zip(paths, extract_many(paths, self.sift_config, self.cache,
-                                                    self.workers, progress=progress)))
+            paths = sorted({p for k in todo for p in k} - set(self.features))
+            self.features.update(zip(paths, extract_many(paths, self.sift_config, self.cache,
+                                                         self.workers, progress=progress)))
+            features = self.features
             with ThreadPoolExecutor(self.workers) as pool:
                 results = pool.map(lambda k: pair_matches(features[k[0]], features[k[1]],
                                                           self.sift_config), todo)

@@ -323,7 +323,7 @@ def embed(model, images, batch_size=32, progress=False):
     -------
     numpy.ndarray of shape (n, embedding_dim), float32
     """
-    from imgsim.data import load_image, resize
+    from imgsim.data import load_image, load_images, resize
 
     size = input_size(model)
     n = len(images)
@@ -335,12 +335,15 @@ def embed(model, images, batch_size=32, progress=False):
         starts = tqdm(starts, desc="embedding", unit="batch")
     for start in starts:
         chunk = images[start:start + batch_size]
-        batch = np.stack([
-            load_image(item, size) if isinstance(item, (str, os.PathLike)) else resize(
-                np.asarray(item, np.uint8), size)
-            for item in chunk
-        ]).astype(np.float32)
-        out[start:start + len(chunk)] = np.asarray(model(batch, training=False), np.float32)
+        if all(isinstance(item, (str, os.PathLike)) for item in chunk):
+            batch, _ = load_images(chunk, size)  # decoded in parallel threads
+        else:
+            batch = np.stack([
+                load_image(item, size) if isinstance(item, (str, os.PathLike)) else resize(
+                    np.asarray(item, np.uint8), size)
+                for item in chunk])
+        out[start:start + len(chunk)] = np.asarray(model(batch.astype(np.float32), training=False),
+                                                   np.float32)
     return out
 
 

@@ -249,13 +249,14 @@ class PairInspector:
         self.busy.value = "<span class='imgsim-busy'>⏳ computing…</span>"
         try:
             (key_a, image_a, name_a), (key_b, image_b, name_b) = self.source("a"), self.source("b")
+            a, b = (data_mod.load_image(x) if isinstance(x, str) else x for x in (image_a, image_b))
             key = (key_a, key_b)
             if key not in self.cache:
-                self.cache[key] = compare_pair(self.model, image_a, image_b, self.sift_config,
-                                               self.fusion, names=(name_a, name_b))
+                self.cache[key] = compare_pair(self.model, a, b, self.sift_config, self.fusion,
+                                               names=(name_a, name_b))
             self.result = self.cache[key]
             self.message.value = ""
-            self._show_result(image_a, image_b)
+            self._show_result(a, b)
             self.history.append(self.result)
             self._show_history()
         except ImgsimError as exc:  # the previous result stays on screen
@@ -264,12 +265,10 @@ class PairInspector:
             self.busy.value = ""
             self.compare_button.disabled = False
 
-    def _show_result(self, image_a, image_b):
+    def _show_result(self, a, b):
         from imgsim import viz
 
         r = self.result
-        load = lambda x: data_mod.load_image(x) if isinstance(x, str) else x  # noqa: E731
-        a, b = load(image_a), load(image_b)
         m = r.matches
         self.numbers.value = (
             f"<div class='imgsim-numbers'>similarity <b class='imgsim-similarity'>{r.similarity:.1f} %</b>"
