@@ -345,6 +345,11 @@ def _decode(source, label, size, min_side):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                if size is not None and img.format == "JPEG":
+                    # Decode a JPEG at a reduced DCT scale when the target is small
+                    # (never below max(size, min_side) on either side).
+                    side = max(max(size) if not np.isscalar(size) else size, min_side)
+                    img.draft("RGB", (side, side))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb8(img)

@@ -1,16 +1,33 @@
-"""Exact Euclidean nearest-neighbour search over embeddings, backed by FAISS.
+"""Euclidean nearest-neighbour search over embeddings, backed by FAISS.
 
-All searches are exhaustive (``faiss.IndexFlatL2``), so results are exact up to
-float32 rounding. Distances are returned as Euclidean distances, not the
+:class:`Index` wraps three FAISS index kinds behind one interface:
+
+``"flat"``
+    Exhaustive search (``faiss.IndexFlatL2``): exact up to float32 rounding.
+``"ivf"``
+    Inverted file (``faiss.IndexIVFFlat`` over a flat quantizer): k-means
+    partitions the vectors into ``nlist`` lists and a search scans the
+    ``nprobe`` lists nearest to the query. Approximate.
+``"hnsw"``
+    Hierarchical navigable small-world graph (``faiss.IndexHNSWFlat``).
+    Approximate; ``ef_search`` trades speed for recall.
+
+:class:`EmbeddingIndex` and :func:`knn` are exact searches built on a flat
+:class:`Index`. Distances are always returned as Euclidean distances, not the
 squared distances FAISS works with internally.
 """
 
+import math
 import numbers
+import os
+import tempfile
 
 import faiss
 import numpy as np
 
-__all__ = ["EmbeddingIndex", "knn"]
+__all__ = ["EmbeddingIndex", "Index", "knn"]
+
+KINDS = ("flat", "ivf", "hnsw")
 
 
 def _check_matrix(x, name):
@@ -29,6 +46,13 @@ def _check_matrix(x, name):
     return x
 
 
+def _check_int(value, name, minimum=1):
+    """Check that ``value`` is an integer (not a bool) >= ``minimum``; return it as int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _check_k(k, n_available):
     """Check that 1 <= k <= n_available."""
     if not isinstance(k, numbers.Integral) or isinstance(k, bool):
@@ -39,11 +63,183 @@ def _check_k(k, n_available):
         )
 
 
+class Index:
+    """Euclidean nearest-neighbour index of one of the kinds ``"flat"``, ``"ivf"``, ``"hnsw"``.
+
+    Vectors get ids in insertion order: the first :meth:`add` gives 0..n-1,
+    the next continues from n.
+
+    Parameters
+    ----------
+    dim : int
+        Number of features of every vector.
+    kind : {"flat", "ivf", "hnsw"}, default="flat"
+        See the module docstring.
+    nlist : int, optional
+        ``"ivf"`` only: number of k-means lists. Decided at the first
+        :meth:`add`, whose vectors train the quantizer: default
+        ``max(1, int(4 * sqrt(n)))``, and never more than the ``n`` vectors
+        of that first add. Later adds reuse the trained lists.
+    nprobe : int, default=16
+        ``"ivf"`` only: lists scanned per query (settable; capped at ``nlist``).
+    hnsw_m : int, default=32
+        ``"hnsw"`` only: graph neighbours per node (at least 2).
+    ef_search : int, default=64
+        ``"hnsw"`` only: search candidate-list size (settable; FAISS uses at
+        least ``k``).
+
+    Examples
+    --------
+    >>> index = Index(2, kind="hnsw")
+    >>> index.add(np.array([[0.0, 0.0], [3.0, 4.0]]))
+    >>> index.search(np.array([[0.0, 0.0]]), k=3)
+    (array([[ 0.,  5., inf]], dtype=float32), array([[ 0,  1, -1]]))
+    """
+
+    def __init__(self, dim, kind="flat", nlist=None, nprobe=16, hnsw_m=32, ef_search=64):
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(map(repr, KINDS))}")
+        self.dim = _check_int(dim, "dim")
+        self.kind = kind
+        self._faiss = None
+        self.nlist = None if nlist is None else _check_int(nlist, "nlist")
+        self.hnsw_m = _check_int(hnsw_m, "hnsw_m", minimum=2)
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        if kind == "flat":
+            self._faiss = faiss.IndexFlatL2(self.dim)
+        elif kind == "hnsw":
+            self._faiss = faiss.IndexHNSWFlat(self.dim, self.hnsw_m)
+            self._faiss.hnsw.efSearch = self._ef_search
+        # "ivf": built and trained by the first add
+
+    @property
+    def nprobe(self):
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value):
+        self._nprobe = _check_int(value, "nprobe")
+        if self.kind == "ivf" and self._faiss is not None:
+            self._faiss.nprobe = min(self._nprobe, self._faiss.nlist)
+
+    @property
+    def ef_search(self):
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value):
+        self._ef_search = _check_int(value, "ef_search")
+        if self.kind == "hnsw" and self._faiss is not None:
+            self._faiss.hnsw.efSearch = self._ef_search
+
+    def __len__(self):
+        return 0 if self._faiss is None else int(self._faiss.ntotal)
+
+    def __repr__(self):
+        extra = {"flat": "", "ivf": f", nlist={self.nlist}, nprobe={self.nprobe}",
+                 "hnsw": f", hnsw_m={self.hnsw_m}, ef_search={self.ef_search}"}[self.kind]
+        return f"Index(dim={self.dim}, kind={self.kind!r}{extra}, n={len(self)})"
+
+    def _check_dim(self, x, name):
+        if x.shape[1] != self.dim:
+            raise ValueError(f"{name} have {x.shape[1]} features but the index has dim {self.dim}")
+
+    def add(self, vectors):
+        """Add vectors of shape (n, dim); they get the next n ids in order."""
+        vectors = _check_matrix(vectors, "vectors")
+        self._check_dim(vectors, "vectors")
+        self._add(vectors)
+
+    def _add(self, vectors):
+        """Add validated float32 vectors; no argument checks."""
+        if len(vectors) == 0:
+            return
+        if self._faiss is None:  # first add to an "ivf" index: train it on these vectors
+            nlist = self.nlist if self.nlist is not None else max(1, int(4 * math.sqrt(len(vectors))))
+            self.nlist = min(nlist, len(vectors))
+            quantizer = faiss.IndexFlatL2(self.dim)
+            index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist)  # keeps a reference to quantizer
+            index.train(vectors)
+            index.nprobe = min(self._nprobe, self.nlist)
+            self._faiss = index
+        self._faiss.add(vectors)
+
+    def search(self, queries, k):
+        """Find the ``k`` nearest vectors of each query.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, dim)
+        k : int
+            Number of neighbours, at least 1. If fewer than ``k`` are found
+            (fewer vectors, or an approximate kind missed some), the row is
+            padded with id -1 at distance inf.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, k), dtype float32
+            Euclidean distances, ascending along each row.
+        ids : ndarray of shape (n_queries, k), dtype int64
+        """
+        queries = _check_matrix(queries, "queries")
+        self._check_dim(queries, "queries")
+        return self._search(queries, _check_int(k, "k"))
+
+    def _search(self, queries, k):
+        """Search validated float32 queries; no argument checks."""
+        if len(self) == 0:
+            return np.full((len(queries), k), np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        squared, ids = self._faiss.search(queries, k)
+        distances = np.sqrt(np.maximum(squared, 0, out=squared), out=squared)
+        distances[ids < 0] = np.inf
+        return distances, ids.astype(np.int64, copy=False)
+
+    def save(self, path):
+        """Write the index to ``path`` atomically (temporary file, then rename).
+
+        The kind and its settings (``nlist``, ``nprobe``, ``hnsw_m``,
+        ``ef_search``) are part of the FAISS file, so :meth:`load` needs
+        nothing else. An ``"ivf"`` index can only be saved once trained, i.e.
+        after its first non-empty :meth:`add`.
+        """
+        if self._faiss is None:
+            raise ValueError("an 'ivf' index cannot be saved before its first add (it is not trained yet)")
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self._faiss, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Read an index written by :meth:`save`."""
+        raw = faiss.read_index(os.fspath(path))  # returns the concrete FAISS class
+        if raw.metric_type != faiss.METRIC_L2:
+            raise ValueError(f"{path} holds a FAISS index with a non-L2 metric, not one written by Index.save")
+        if type(raw) is faiss.IndexFlatL2:
+            index = cls(raw.d, "flat")
+        elif type(raw) is faiss.IndexIVFFlat:
+            index = cls(raw.d, "ivf", nlist=raw.nlist, nprobe=raw.nprobe)
+        elif type(raw) is faiss.IndexHNSWFlat:
+            index = cls(raw.d, "hnsw", hnsw_m=raw.hnsw.nb_neighbors(1), ef_search=raw.hnsw.efSearch)
+        else:
+            raise ValueError(f"{path} holds a FAISS {type(raw).__name__}, not an index written by Index.save")
+        index._faiss = raw
+        return index
+
+
 class EmbeddingIndex:
     """Exact Euclidean index over a fixed set of reference embeddings.
 
-    The FAISS index is built once, so repeated searches against the same
-    references do not rebuild it.
+    The FAISS index (a flat :class:`Index`) is built once, so repeated
+    searches against the same references do not rebuild it.
 
     Parameters
     ----------
@@ -59,8 +255,8 @@ class EmbeddingIndex:
 
     def __init__(self, embeddings):
         self.embeddings = _check_matrix(embeddings, "embeddings")
-        self._faiss = faiss.IndexFlatL2(self.embeddings.shape[1])
-        self._faiss.add(self.embeddings)
+        self._index = Index(self.embeddings.shape[1], kind="flat")
+        self._index._add(self.embeddings)
 
     def __len__(self):
         return self.embeddings.shape[0]
@@ -96,8 +292,7 @@ class EmbeddingIndex:
 
     def _search(self, queries, k):
         """Search validated float32 queries; no argument checks."""
-        squared, indices = self._faiss.search(queries, k)
-        return np.sqrt(np.maximum(squared, 0)), indices.astype(np.int64, copy=False)
+        return self._index._search(queries, k)
 
 
 def knn(queries, references=None, *, k, exclude_self=True):

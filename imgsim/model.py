@@ -323,27 +323,40 @@ def embed(model, images, batch_size=32, progress=False):
     -------
     numpy.ndarray of shape (n, embedding_dim), float32
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from imgsim.data import load_image, load_images, resize
 
     size = input_size(model)
     n = len(images)
     out_dim = int(model.output_shape[-1])
     out = np.zeros((n, out_dim), np.float32)
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="embedding", unit="batch")
-    for start in starts:
+
+    def load(start):
         chunk = images[start:start + batch_size]
         if all(isinstance(item, (str, os.PathLike)) for item in chunk):
-            batch, _ = load_images(chunk, size)  # decoded in parallel threads
-        else:
-            batch = np.stack([
-                load_image(item, size) if isinstance(item, (str, os.PathLike)) else resize(
-                    np.asarray(item, np.uint8), size)
-                for item in chunk])
-        out[start:start + len(chunk)] = np.asarray(model(batch.astype(np.float32), training=False),
-                                                   np.float32)
+            return load_images(chunk, size)[0]  # decoded in parallel threads
+        return np.stack([load_image(item, size) if isinstance(item, (str, os.PathLike))
+                         else resize(np.asarray(item, np.uint8), size) for item in chunk])
+
+    starts = list(range(0, n, batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(starts), desc="embedding", unit="batch")
+    # The next batch decodes in a background thread while the model runs on this one.
+    with ThreadPoolExecutor(1) as prefetch:
+        pending = prefetch.submit(load, starts[0]) if starts else None
+        for i, start in enumerate(starts):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = prefetch.submit(load, starts[i + 1])
+            out[start:start + len(batch)] = np.asarray(
+                model.predict_on_batch(batch.astype(np.float32)), np.float32)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     return out
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgsim.index import EmbeddingIndex, knn
+from imgsim.index import EmbeddingIndex, Index, knn
 
 
 def brute_force_knn(queries, references, k, exclude_self=False):
@@ -105,3 +105,184 @@ def test_embedding_index_search():
 def test_knn_validation(queries, references, k, exclude_self, message):
     with pytest.raises(ValueError, match=message):
         knn(queries, references, k=k, exclude_self=exclude_self)
+
+
+# ----------------------------------------------------------------------------- Index
+
+
+def exact_neighbours(queries, references, k):
+    """Exact top-k by float64 squared distances via matmul (memory-light brute force)."""
+    q, r = np.asarray(queries, np.float64), np.asarray(references, np.float64)
+    squared = (q**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * q @ r.T
+    order = np.argsort(squared, axis=1, kind="stable")[:, :k]
+    return np.sqrt(np.maximum(np.take_along_axis(squared, order, axis=1), 0)), order
+
+
+def recall_at_k(found, truth):
+    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """5,000 + 200 float32 points in dim 32 from 50 overlapping Gaussian clusters (embedding-like)."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(50, 32))
+    points = centres[rng.integers(0, 50, 5200)] + rng.normal(size=(5200, 32))
+    references, queries = points[:5000].astype(np.float32), points[5000:].astype(np.float32)
+    return references, queries, exact_neighbours(queries, references, 10)[1]
+
+
+def test_flat_index_matches_brute_force_and_ids_follow_insertion_order():
+    rng = np.random.default_rng(11)
+    references, queries = rng.normal(size=(1000, 16)), rng.normal(size=(50, 16))
+    index = Index(16)
+    index.add(references[:400])
+    index.add(references[400:].tolist())  # second add continues the ids at 400
+    assert len(index) == 1000 and index.kind == "flat"
+    distances, ids = index.search(queries, 10)
+    expected_dist, expected_ids = exact_neighbours(queries, references, 10)
+    assert distances.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (50, 10)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(distances, expected_dist, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_recall(clustered, kind):
+    references, queries, truth = clustered
+    index = Index(32, kind=kind)  # default nprobe=16 / ef_search=64
+    index.add(references)
+    distances, ids = index.search(queries, 10)
+    assert recall_at_k(ids, truth) >= 0.9
+    assert (ids >= 0).all() and (np.diff(distances, axis=1) >= 0).all()
+    # Distances are the Euclidean distances to the returned vectors.
+    actual = np.linalg.norm(references[ids] - queries[:, None, :], axis=-1)
+    np.testing.assert_allclose(distances, actual, rtol=1e-4, atol=1e-4)
+
+
+def test_hnsw_recall_on_unstructured_data():
+    rng = np.random.default_rng(12)
+    references, queries = rng.normal(size=(5000, 32)), rng.normal(size=(100, 32))
+    index = Index(32, kind="hnsw")
+    index.add(references)
+    assert recall_at_k(index.search(queries, 10)[1], exact_neighbours(queries, references, 10)[1]) >= 0.9
+
+
+def test_ivf_recall_grows_with_nprobe_and_is_exact_when_all_lists_are_probed():
+    # Unstructured Gaussian data is hard for IVF, but more probes never hurt and nprobe = nlist is exhaustive.
+    rng = np.random.default_rng(13)
+    references, queries = rng.normal(size=(2000, 16)), rng.normal(size=(100, 16))
+    truth = exact_neighbours(queries, references, 10)[1]
+    index = Index(16, kind="ivf", nprobe=1)
+    index.add(references)
+    assert index.nlist == int(4 * np.sqrt(2000)) == 178
+    recalls = []
+    for nprobe in (1, 4, 16, 64, 178):
+        index.nprobe = nprobe
+        recalls.append(recall_at_k(index.search(queries, 10)[1], truth))
+    assert recalls == sorted(recalls) and recalls[0] < 1.0 and recalls[-1] == 1.0
+    index.nprobe = 10_000  # capped at nlist
+    np.testing.assert_array_equal(index.search(queries, 10)[1], truth)
+
+
+def test_ivf_nlist_is_decided_by_the_first_add():
+    rng = np.random.default_rng(14)
+    index = Index(4, kind="ivf", nlist=50)
+    assert index.nlist == 50 and len(index) == 0
+    index.add(np.zeros((0, 4)))  # nothing to train on yet
+    assert index.nlist == 50 and len(index) == 0
+    x = rng.normal(size=(20, 4))
+    index.add(x)  # fewer vectors than nlist
+    assert index.nlist == 20 and len(index) == 20
+    index.add(x + 100)  # later adds reuse the trained lists and continue the ids
+    assert index.nlist == 20 and len(index) == 40
+    index.nprobe = 20
+    np.testing.assert_array_equal(index.search(x[:3] + 100, 1)[1][:, 0], [20, 21, 22])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_fewer_results_than_k_are_padded(kind):
+    index = Index(2, kind=kind)
+    distances, ids = index.search([[0.0, 0.0]], 2)  # empty index
+    np.testing.assert_array_equal(ids, [[-1, -1]])
+    np.testing.assert_array_equal(distances, [[np.inf, np.inf]])
+    index.add([[0.0, 0.0], [3.0, 4.0]])
+    distances, ids = index.search([[0.0, 0.0]], 4)
+    np.testing.assert_array_equal(ids, [[0, 1, -1, -1]])
+    np.testing.assert_allclose(distances, [[0.0, 5.0, np.inf, np.inf]])
+    assert distances.dtype == np.float32 and ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("kind, settings", [
+    ("flat", {}),
+    ("ivf", {"nlist": 30, "nprobe": 3}),
+    ("hnsw", {"hnsw_m": 8, "ef_search": 20}),
+])
+def test_save_load_round_trip(tmp_path, clustered, kind, settings):
+    references, queries, _ = clustered
+    index = Index(32, kind=kind, **settings)
+    index.add(references[:2000])
+    path = tmp_path / f"{kind}.faiss"
+    path.write_bytes(b"an older file is replaced")
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    loaded = Index.load(str(path))
+    assert (loaded.dim, loaded.kind, len(loaded)) == (32, kind, 2000)
+    for name, value in settings.items():
+        assert getattr(loaded, name) == value
+    for got, expected in zip(loaded.search(queries, 10), index.search(queries, 10)):
+        np.testing.assert_array_equal(got, expected)
+    loaded.add(references[2000:2100])  # a loaded index keeps growing
+    assert loaded.search(references[2050:2051], 1)[1][0, 0] == 2050
+
+
+def test_save_and_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="'ivf' index cannot be saved before its first add"):
+        Index(3, kind="ivf").save(tmp_path / "untrained.faiss")
+    assert list(tmp_path.iterdir()) == []
+    faiss = pytest.importorskip("faiss")
+    faiss.write_index(faiss.IndexFlatIP(3), str(tmp_path / "ip.faiss"))
+    with pytest.raises(ValueError, match="non-L2 metric"):
+        Index.load(tmp_path / "ip.faiss")
+    faiss.write_index(faiss.IndexLSH(3, 8), str(tmp_path / "lsh.faiss"))
+    with pytest.raises(ValueError, match="holds a FAISS IndexLSH, not an index written by Index.save"):
+        Index.load(tmp_path / "lsh.faiss")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Index(4, kind="lsh"), "unknown index kind 'lsh'; expected one of 'flat', 'ivf', 'hnsw'"),
+        (lambda: Index(0), "dim must be an integer >= 1, got 0"),
+        (lambda: Index(4.0), "dim must be an integer >= 1, got 4.0"),
+        (lambda: Index(4, kind="ivf", nlist=0), "nlist must be an integer >= 1, got 0"),
+        (lambda: Index(4, kind="ivf", nprobe=0), "nprobe must be an integer >= 1, got 0"),
+        (lambda: Index(4, kind="hnsw", hnsw_m=1), "hnsw_m must be an integer >= 2, got 1"),
+        (lambda: Index(4, kind="hnsw", ef_search=True), "ef_search must be an integer >= 1, got True"),
+    ],
+)
+def test_index_constructor_validation(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda ix: ix.add(np.zeros((2, 3))), "vectors have 3 features but the index has dim 4"),
+        (lambda ix: ix.add(np.zeros(4)), r"vectors must be a 2-D array .* got shape \(4,\)"),
+        (lambda ix: ix.add([[0.0, 1.0, np.nan, 0.0]]), "vectors contains non-finite values"),
+        (lambda ix: ix.search(np.zeros((1, 5)), 1), "queries have 5 features but the index has dim 4"),
+        (lambda ix: ix.search([[np.inf, 0, 0, 0]], 1), "queries contains non-finite values"),
+        (lambda ix: ix.search(np.zeros((1, 4)), 0), "k must be an integer >= 1, got 0"),
+        (lambda ix: ix.search(np.zeros((1, 4)), 1.5), "k must be an integer >= 1, got 1.5"),
+        (lambda ix: setattr(ix, "nprobe", -2), "nprobe must be an integer >= 1, got -2"),
+        (lambda ix: setattr(ix, "ef_search", 0), "ef_search must be an integer >= 1, got 0"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_argument_validation(kind, call, message):
+    index = Index(4, kind=kind)
+    index.add(np.eye(4))
+    with pytest.raises(ValueError, match=message):
+        call(index)
+    assert len(index) == 4  # a rejected add adds nothing
