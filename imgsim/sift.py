@@ -23,10 +23,14 @@ few matches or a failed estimation gives zero inliers and a ``reason``.
 """
 
 import io
+import math
+import multiprocessing
 import os
+import tempfile
 import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import cv2
@@ -41,6 +45,8 @@ ESTIMATORS = {"fundamental": "fundamental matrix", "homography": "homography"}
 MIN_SAMPLE = {"fundamental": 7, "homography": 4}  # minimal sample of each model
 DESCRIPTOR_SIZE = 128
 EXTRACTION_FIELDS = ("max_side", "n_features", "root_sift", "upright")  # the cache key
+MATCHERS = ("bf", "flann")
+FLANN_TREES, FLANN_CHECKS = 4, 64  # k-d trees and leaves visited per query
 
 
 def _is_int(value):
@@ -70,6 +76,11 @@ class SiftConfig(DictConfig):
         second-nearest distance. In (0, 1].
     mutual : bool
         Keep only mutual nearest neighbours.
+    matcher : {"bf", "flann"}
+        Nearest-neighbour search of :func:`match`: ``"bf"`` exact brute force;
+        ``"flann"`` approximate FLANN k-d trees (``FLANN_TREES`` trees,
+        ``FLANN_CHECKS`` checks): at 4000 keypoints matching took about 0.6× the
+        time of ``"bf"`` in trials, for 1–4 % fewer inliers.
     estimator : {"fundamental", "homography"}
         Geometric model of :func:`verify`.
     ransac_threshold : float
@@ -89,6 +100,7 @@ class SiftConfig(DictConfig):
     upright: bool = False
     ratio: float = 0.8
     mutual: bool = True
+    matcher: str = "bf"
     estimator: str = "fundamental"
     ransac_threshold: float = 1.0
     confidence: float = 0.999
@@ -105,6 +117,8 @@ class SiftConfig(DictConfig):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not 0 < self.ratio <= 1:
             raise ConfigError(f"ratio must be in (0, 1], got {self.ratio!r}")
+        if self.matcher not in MATCHERS:
+            raise ConfigError(f"matcher must be one of {MATCHERS}, got {self.matcher!r}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}")
         if not self.ransac_threshold > 0:
@@ -236,7 +250,7 @@ def _check_descriptors(desc, name):
     return np.ascontiguousarray(desc, dtype=np.float32)
 
 
-def match(desc_a, desc_b, ratio=0.8, mutual=True):
+def match(desc_a, desc_b, ratio=0.8, mutual=True, matcher="bf"):
     """Match descriptors by nearest neighbour (L2) with Lowe's ratio test.
 
     Parameters
@@ -247,7 +261,13 @@ def match(desc_a, desc_b, ratio=0.8, mutual=True):
         Keep a→b when the nearest distance is below ``ratio`` × the second
         nearest (ties are rejected). In (0, 1].
     mutual : bool
-        Also require that a is the nearest neighbour of b among ``desc_a``.
+        Also require that a is the nearest neighbour of b among ``desc_a``
+        (searched only for the b's that passed the ratio test).
+    matcher : {"bf", "flann"}
+        Exact brute force, or approximate FLANN k-d trees (float descriptors
+        only). FLANN's trees are built from OpenCV's RNG seeded with 0
+        (``cv2.setRNGSeed(0)`` in the calling thread), so results are
+        reproducible.
 
     Returns
     -------
@@ -260,16 +280,42 @@ def match(desc_a, desc_b, ratio=0.8, mutual=True):
         raise ValueError(f"descriptor sizes differ: {desc_a.shape[1]} and {desc_b.shape[1]}")
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    if matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
     empty = np.zeros((0, 2), np.int64)
     if len(desc_a) < 2 or len(desc_b) < 2:
         return empty
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    pairs = [(m.queryIdx, m.trainIdx) for m, n in matcher.knnMatch(desc_a, desc_b, k=2)
-             if m.distance < ratio * n.distance]
+    if matcher == "flann":
+        knn, nearest = _flann_knn, _flann_nearest
+    else:
+        bf = cv2.BFMatcher(cv2.NORM_L2)
+        knn, nearest = (lambda q, t: bf.knnMatch(q, t, k=2)), bf.match
+    pairs = [(m[0].queryIdx, m[0].trainIdx) for m in knn(desc_a, desc_b)
+             if len(m) == 2 and m[0].distance < ratio * m[1].distance]
     if mutual and pairs:
-        nearest_in_a = {m.queryIdx: m.trainIdx for m in matcher.match(desc_b, desc_a)}
-        pairs = [(a, b) for a, b in pairs if nearest_in_a[b] == a]
+        # only the b's that some a chose need their own nearest neighbour in A
+        rows_b = np.unique([b for _, b in pairs])
+        nearest_in_a = {int(rows_b[m.queryIdx]): m.trainIdx
+                        for m in nearest(np.ascontiguousarray(desc_b[rows_b]), desc_a)}
+        pairs = [(a, b) for a, b in pairs if nearest_in_a.get(b) == a]
     return np.array(pairs, np.int64).reshape(-1, 2) if pairs else empty
+
+
+def _flann(train):
+    """A FLANN k-d tree matcher over ``train``, built from a fixed RNG seed (reproducible)."""
+    cv2.setRNGSeed(0)
+    flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": FLANN_TREES}, {"checks": FLANN_CHECKS})
+    flann.add([train])
+    flann.train()
+    return flann
+
+
+def _flann_knn(query, train):
+    return _flann(train).knnMatch(query, k=2)
+
+
+def _flann_nearest(query, train):
+    return _flann(train).match(query)
 
 
 # --------------------------------------------------------------------------- verification
@@ -403,7 +449,8 @@ def pair_matches(image_a, image_b, config=None, cache=None):
     """
     config = config or SiftConfig()
     features_a, features_b = (_features(image, config, cache) for image in (image_a, image_b))
-    matches = match(features_a.descriptors, features_b.descriptors, config.ratio, config.mutual)
+    matches = match(features_a.descriptors, features_b.descriptors, config.ratio, config.mutual,
+                    config.matcher)
     empty = [side for side, f in (("A", features_a), ("B", features_b)) if not len(f)]
     if empty:
         inliers, reason = np.zeros(len(matches), bool), f"no keypoints in image {' and '.join(empty)}"
@@ -530,3 +577,143 @@ def extract_many(paths, config=None, cache=None, workers=None, progress=False):
             results = tqdm(results, total=len(unique), desc="SIFT", unit="img")
         by_path = dict(zip(unique, results))
     return [by_path[p] for p in paths]
+
+
+# --------------------------------------------------------------------------- many pairs
+
+WORKER_FEATURES = 32  # features each scoring process keeps in memory (least recently used out)
+_worker = {}  # state of a score_pairs worker process
+
+
+def _init_worker(files, paths, config, threads):
+    cv2.setNumThreads(threads)
+    _worker.update(files=files, paths=paths, config=config, features=OrderedDict())
+
+
+def _worker_features(i):
+    """Features of distinct image ``i``: memory, else its cache file, else a fresh extraction."""
+    cached = _worker["features"]
+    if i in cached:
+        cached.move_to_end(i)
+        return cached[i]
+    features = _read_features(_worker["files"][i])
+    if features is None:  # the file went away or was damaged since extraction
+        features = extract(_worker["paths"][i], _worker["config"])
+    cached[i] = features
+    if len(cached) > WORKER_FEATURES:
+        cached.popitem(last=False)
+    return features
+
+
+def _score_chunk(chunk):
+    config = _worker["config"]
+    return [pair_score(_worker_features(a), _worker_features(b), config) for a, b in chunk]
+
+
+def score_pairs(pairs, config=None, cache=None, processes=None, progress=False):
+    """:class:`PairScore` of many (path_a, path_b) pairs, scored in parallel processes.
+
+    Each distinct image is extracted once, through ``cache``
+    (:func:`extract_many`, threads). The pairs are then sorted by image, cut
+    into chunks and scored in a :class:`~concurrent.futures.ProcessPoolExecutor`
+    (matching and MAGSAC hold the GIL for a large part of the time, so threads
+    do not scale). Workers do not receive features through pickling: each
+    gets the list of cache files once, at start-up, and reads the ``.npz``
+    files it needs itself, keeping the last ``WORKER_FEATURES`` in memory, so
+    memory per worker stays bounded whatever the number of images.
+
+    Workers are started with ``spawn`` (not ``fork``): the calling process may
+    hold threads (OpenCV, TensorFlow, FAISS/OpenMP) that a fork would copy in an
+    undefined state. Each runs OpenCV with ``cpu_count // processes`` threads.
+
+    Parameters
+    ----------
+    pairs : iterable of (str or path, str or path)
+        Image files. Matching is not symmetric: (a, b) and (b, a) are
+        different pairs. Repeated pairs are scored once.
+    config : SiftConfig, optional
+    cache : FeatureCache, optional
+        Where features are stored and read by the workers; by default a
+        temporary folder, deleted on return.
+    processes : int, optional
+        Worker processes; default ``os.cpu_count()``. 1 scores in this process.
+    progress : bool
+        tqdm bars over extraction and pairs.
+
+    Returns
+    -------
+    list of PairScore
+        In the order of ``pairs``; each equal to ``pair_score(a, b, config)``.
+    """
+    config = config or SiftConfig()
+    pairs = [tuple(pair) for pair in pairs]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError("pairs must be (path_a, path_b) tuples")
+    pairs = [(os.fspath(a), os.fspath(b)) for a, b in pairs]
+    cpus = os.cpu_count() or 1
+    processes = cpus if processes is None else processes
+    if not _is_int(processes) or processes < 1:
+        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
+    if not pairs:
+        return []
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="imgsim-sift-") as folder:
+            return score_pairs(pairs, config, FeatureCache(folder), processes, progress)
+
+    paths = list(dict.fromkeys(p for pair in pairs for p in pair))
+    features = extract_many(paths, config, cache, progress=progress)
+    number = {p: i for i, p in enumerate(paths)}
+    todo = sorted(dict.fromkeys((number[a], number[b]) for a, b in pairs))  # neighbours share images
+    if processes == 1:
+        scores = [pair_score(features[a], features[b], config) for a, b in todo]
+        by_key = dict(zip(todo, scores))
+        return [by_key[number[a], number[b]] for a, b in pairs]
+    del features  # the workers read the cache files
+
+    size = max(1, min(64, math.ceil(len(todo) / (4 * processes))))  # ≥ 4 chunks per worker
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    workers = min(processes, len(chunks))
+    files = [cache.file_for(p, config) for p in paths]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="pairs", unit="pair")
+    results = [None] * len(chunks)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(files, paths, config, max(1, cpus // processes))) as pool:
+        futures = {pool.submit(_score_chunk, chunk): i for i, chunk in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if bar is not None:
+                bar.update(len(chunks[futures[future]]))
+    if bar is not None:
+        bar.close()
+    by_key = {key: score for chunk, scores in zip(chunks, results) for key, score in zip(chunk, scores)}
+    return [by_key[number[a], number[b]] for a, b in pairs]
+
+
+def shortlist_pairs(embeddings, k):
+    """Candidate pairs: each image with its ``k`` nearest neighbours by embedding.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (n, dim)
+    k : int
+        Neighbours per image (Euclidean, :func:`imgsim.index.knn`), ``1 <= k <= n - 1``.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(i, j)`` row indices with ``i < j``, sorted, each pair once: (i, j)
+        is kept when j is among i's neighbours or i among j's. Between
+        ``n·k/2`` and ``n·k`` pairs.
+    """
+    from imgsim.index import knn
+
+    _, neighbours = knn(embeddings, k=k)
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    cols = neighbours.ravel()
+    keep = rows != cols
+    lo, hi = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]
+    return [(int(i), int(j)) for i, j in sorted(set(zip(lo.tolist(), hi.tolist())))]

@@ -43,12 +43,11 @@ class PairResult:
     probability: float = None
     reason: str = None
     matches: object = field(default=None, repr=False, compare=False)
+    images: tuple = field(default=None, repr=False, compare=False)
 
     def row(self):
         """The scalar fields, for the history table."""
-        d = asdict(self)
-        d.pop("matches")
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("matches", "images")}
 
 
 def compare_pair(model, image_a, image_b, sift_config=None, fusion=None, scale=5.0,
@@ -73,7 +72,9 @@ def compare_pair(model, image_a, image_b, sift_config=None, fusion=None, scale=5
 
     load = lambda x: data_mod.load_image(x) if isinstance(x, (str, os.PathLike)) else x  # noqa: E731
     a, b = load(image_a), load(image_b)
-    e = embed(model, [a, b])
+    # Embed from the sources themselves: paths go through embed's own decoding, exactly as
+    # imgsim.model.embed(model, [path_a, path_b]) would compute them.
+    e = embed(model, [image_a, image_b])
     d = distance(e[0], e[1])
     m = pair_matches(a, b, sift_config or SiftConfig())
     s = m.score()
@@ -81,7 +82,8 @@ def compare_pair(model, image_a, image_b, sift_config=None, fusion=None, scale=5
     if fusion is not None:
         p = float(fusion.predict_proba(pair_features([d], [s.n_inliers], [s.inlier_ratio]))[0])
     return PairResult(names[0], names[1], d, similarity_percent(d, scale), s.n_keypoints_a,
-                      s.n_keypoints_b, s.n_matches, s.n_inliers, s.inlier_ratio, p, s.reason, m)
+                      s.n_keypoints_b, s.n_matches, s.n_inliers, s.inlier_ratio, p, s.reason, m,
+                      (a, b))
 
 
 def verdicts(result, thresholds, methods=("dl", "sift", "fused")):
@@ -249,14 +251,13 @@ class PairInspector:
         self.busy.value = "<span class='imgsim-busy'>⏳ computing…</span>"
         try:
             (key_a, image_a, name_a), (key_b, image_b, name_b) = self.source("a"), self.source("b")
-            a, b = (data_mod.load_image(x) if isinstance(x, str) else x for x in (image_a, image_b))
             key = (key_a, key_b)
             if key not in self.cache:
-                self.cache[key] = compare_pair(self.model, a, b, self.sift_config, self.fusion,
-                                               names=(name_a, name_b))
+                self.cache[key] = compare_pair(self.model, image_a, image_b, self.sift_config,
+                                               self.fusion, names=(name_a, name_b))
             self.result = self.cache[key]
             self.message.value = ""
-            self._show_result(a, b)
+            self._show_result(*self.result.images)
             self.history.append(self.result)
             self._show_history()
         except ImgsimError as exc:  # the previous result stays on screen
@@ -359,8 +360,7 @@ class PairInspector:
         if self._index is None:
             self._embeddings = embed(self.model, list(self.table["path"]))
             self._index = EmbeddingIndex(self._embeddings)
-        query = image if not isinstance(image, (str, os.PathLike)) else data_mod.load_image(image)
-        d, ids = self._index.search(embed(self.model, [query]), k)
+        d, ids = self._index.search(embed(self.model, [image]), k)
         rows = self.table.iloc[ids[0]]
         return pd.DataFrame({"path": rows["path"].to_numpy(), "scene": rows["scene"].to_numpy(),
                              "distance": d[0], "similarity": similarity_percent(d[0])})

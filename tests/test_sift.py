@@ -359,3 +359,110 @@ def test_config_round_trip():
     assert SiftConfig(**{"min_matches": 4, "estimator": "homography"}).min_matches == 4
     with pytest.raises(ConfigError, match="unknown SiftConfig keys: threshold"):
         SiftConfig.from_dict({"threshold": 2})
+
+
+# --------------------------------------------------------------------------- many pairs; shortlist
+
+import imgsim.sift as sift_module  # noqa: E402
+from imgsim.sift import score_pairs, shortlist_pairs  # noqa: E402
+
+FAST = {"max_side": 320, "n_features": 500}
+
+
+@pytest.fixture(scope="module")
+def pair_set(photos):
+    f = [photos[f"fountain_p11_000{i}.jpg"] for i in range(3)]
+    castle, espresso = photos["castle_p30_0003.jpg"], photos["espresso_PXL_20210526_021804355.jpg"]
+    # same scene, reversed (matching is not symmetric), different scenes, a repeat, an image with itself
+    return [(f[0], f[1]), (f[1], f[0]), (f[1], f[2]), (f[0], f[2]), (castle, espresso),
+            (f[2], castle), (f[0], f[1]), (espresso, espresso)]
+
+
+@pytest.mark.parametrize("matcher", ["bf", "flann"])
+def test_score_pairs_equals_pair_score_per_pair(tmp_path, pair_set, matcher):
+    config = SiftConfig(**FAST, matcher=matcher)
+    expected = [pair_score(a, b, config) for a, b in pair_set]
+    cache = FeatureCache(tmp_path)
+    scores = score_pairs(pair_set, config, cache=cache, processes=2, progress=True)
+    assert scores == expected
+    assert (cache.misses, cache.hits) == (5, 0)  # five distinct images, each extracted once
+    assert len(os.listdir(tmp_path)) == 5
+    assert expected[0].n_inliers >= 20 and expected[4].n_inliers < expected[0].n_inliers
+    # again: every feature comes from the cache, one process, same scores
+    assert score_pairs(pair_set, config, cache=cache, processes=1) == expected
+    assert (cache.misses, cache.hits) == (5, 5)
+
+
+def test_score_pairs_without_cache_leaves_nothing(tmp_path, monkeypatch, pair_set):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    config = SiftConfig(**FAST)
+    expected = [pair_score(a, b, config) for a, b in pair_set[:3]]
+    assert score_pairs(pair_set[:3], config, processes=2) == expected
+    assert os.listdir(tmp_path) == []
+    assert score_pairs([], config) == []
+
+
+def test_score_pairs_reads_missing_cache_files_from_the_image(tmp_path, pair_set):
+    """A worker whose cache file disappeared extracts the image itself."""
+    config = SiftConfig(**FAST)
+    (a, b), cache = pair_set[0], FeatureCache(tmp_path)
+    cache.get(a, config)
+    sift_module._init_worker([cache.file_for(a, config), str(tmp_path / "gone.npz")], [a, b], config, 1)
+    try:
+        assert sift_module._score_chunk([(0, 1)]) == [pair_score(a, b, config)]
+    finally:
+        sift_module._worker.clear()
+
+
+def test_score_pairs_argument_errors(pair_set):
+    with pytest.raises(ValueError, match="processes must be an integer >= 1, got 0"):
+        score_pairs(pair_set, processes=0)
+    with pytest.raises(ValueError, match=r"pairs must be \(path_a, path_b\) tuples"):
+        score_pairs([("a", "b", "c")])
+
+
+def test_flann_matches_close_to_brute_force(photos):
+    a, b = photos["fountain_p11_0000.jpg"], photos["fountain_p11_0001.jpg"]
+    bf, flann = (pair_score(a, b, SiftConfig(max_side=MAX_SIDE, matcher=m)) for m in ("bf", "flann"))
+    assert bf.n_inliers >= 100
+    assert abs(flann.n_inliers - bf.n_inliers) <= 0.05 * bf.n_inliers
+    with pytest.raises(ConfigError, match="matcher must be one of \\('bf', 'flann'\\), got 'kd'"):
+        SiftConfig(matcher="kd")
+    with pytest.raises(ValueError, match="matcher must be one of"):
+        match(A, B, matcher="kd")
+    # FLANN distances are Euclidean (not squared) and ties never pass, as with brute force
+    np.testing.assert_array_equal(match(A, B, 0.8, True, "flann"), [[0, 0], [2, 3]])
+    np.testing.assert_array_equal(match(A, B, 1.0, False, "flann"), [[0, 0], [2, 3], [3, 3]])
+
+
+@pytest.mark.parametrize("n, dim, k", [(40, 8, 1), (60, 16, 5), (25, 4, 24)])
+def test_shortlist_pairs_against_brute_force(n, dim, k):
+    x = np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32)
+    d = np.linalg.norm(x[:, None].astype(np.float64) - x[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    expected = {(min(i, j), max(i, j)) for i in range(n) for j in np.argsort(d[i])[:k]}
+    result = shortlist_pairs(x, k)
+    assert result == sorted(expected)
+    assert all(isinstance(i, int) and isinstance(j, int) and i < j for i, j in result)
+    assert n * k / 2 <= len(result) <= n * k
+    if k == n - 1:
+        assert len(result) == n * (n - 1) // 2
+    with pytest.raises(ValueError, match="k must be between 1"):
+        shortlist_pairs(x, n)
+
+
+@pytest.mark.parametrize("matcher", ["bf", "flann"])
+def test_mutual_check_equals_a_full_reverse_search(photos, matcher):
+    """match() looks up the reverse nearest neighbour only of matched b's: same result as all of them."""
+    config = SiftConfig(max_side=MAX_SIDE, n_features=1500)
+    a, b = (extract(photos[name], config).descriptors
+            for name in ("sacre_coeur_02928139_3448003521.jpg", "sacre_coeur_03903474_1471484089.jpg"))
+    one_way = match(a, b, 0.8, mutual=False, matcher=matcher)
+    if matcher == "flann":
+        nearest = {m.queryIdx: m.trainIdx for m in sift_module._flann(a).match(b)}
+    else:
+        nearest = {m.queryIdx: m.trainIdx for m in cv2.BFMatcher(cv2.NORM_L2).match(b, a)}
+    expected = [(i, j) for i, j in one_way if nearest[j] == i]
+    assert 20 <= len(expected) < len(one_way)
+    np.testing.assert_array_equal(match(a, b, 0.8, mutual=True, matcher=matcher), expected)
