@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install browser demo test sweep sweep-full clean
+.PHONY: install browser demo test bench sweep sweep-full clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ browser:
 # The unit and integration tests, the browser test, then nbval over every notebook (small defaults).
 test: install browser
 	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra tests notebooks --nbval-lax
+
+# Benchmarks: one table of ratios, results in benchmarks/results/ (OpenVINO is optional).
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks --data $(SHARED)/data
 
 sweep: install
 	$(PY) -m imgsim sweep experiments/demo.yaml

@@ -8,6 +8,7 @@
                   ``recall_at_5``, ``map_at_r``, ``ari``, ``nmi``, ``imc_f1``; the
                   same per protocol under ``protocols``; pair counts; the split
 ``summary.md``    the same as tables
+``pairs_<protocol>.csv``  the test pairs with every method's score (to redraw or re-analyse)
 ``*.png``         ROC curves, score histograms with thresholds, a nearest-neighbour
                   grid, keypoints, inlier/outlier matches of a positive and a
                   negative pair, a 2-D projection of the embeddings
@@ -319,6 +320,8 @@ def write_figures(report_dir, evidence, headline, protocols, rows, dist, labels,
 
     for name, p in protocols.items():
         y = p["test_pairs"]["label"].to_numpy()
+        scored = p["test_pairs"].assign(**{f"score_{m}": p["test_scores"][m] for m in METHODS})
+        atomic_write_text(os.path.join(report_dir, f"pairs_{name}.csv"), scored.to_csv(index=False))
         save(viz.roc_curves({m: (y, p["test_scores"][m]) for m in METHODS},
                             title=f"ROC, {name} protocol, test pairs"), f"roc_{name}.png")
     y = headline["test_pairs"]["label"].to_numpy()

@@ -28,23 +28,30 @@ def save_figure(fig, path, dpi=110):
 
 
 def roc_curves(curves, title="ROC on test pairs"):
-    """ROC curves of several methods on one axis.
+    """ROC curves of several methods: full range (left) and low false-positive rates (right).
 
     Parameters
     ----------
     curves : dict of name → (y_true, scores)
         Scores: higher means same scene.
     """
-    from sklearn.metrics import RocCurveDisplay
+    from sklearn.metrics import RocCurveDisplay, roc_curve
 
-    fig = _figure(figsize=(5, 5))
-    ax = fig.add_subplot()
+    fig = _figure(figsize=(10, 4.6), layout="constrained")
+    full, low = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name, (y_true, scores) in curves.items():
-        RocCurveDisplay.from_predictions(y_true, scores, name=name, ax=ax, plot_chance_level=False)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.axvline(0.01, c="grey", lw=0.8, ls="--")
-    ax.set_title(title)
+        display = RocCurveDisplay.from_predictions(y_true, scores, name=name, ax=full)
+        fpr, tpr, _ = roc_curve(y_true, scores)
+        low.plot(np.maximum(fpr, 1e-4), tpr, color=display.line_.get_color(), label=name)
+    full.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    full.set_title(title)
+    low.set_xscale("log")
+    low.set_xlim(1e-3, 1.0)
+    low.axvline(0.01, c="grey", lw=0.8, ls="--", label="FPR 1 %")
+    low.set_xlabel("false positive rate (log)")
+    low.set_ylabel("true positive rate")
+    low.set_title("low false-positive rates")
+    low.legend(fontsize=8)
     return fig
 
 
