@@ -274,7 +274,8 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
         saved = read_json(self._training_metadata_path).get("callbacks", {})
         for i, callback in enumerate(self.stateful):
             for attr, value in saved.get(str(i), {}).items():
-                setattr(callback, attr, value)
+                if value is not None:  # None: not finite when saved; keep Keras' initial value
+                    setattr(callback, attr, value)
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -294,10 +295,8 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
 
 
 def _plain_number(value):
-    if value is None:
-        return None
-    value = float(value) if not isinstance(value, int) else value
-    return value
+    """JSON-ready copy of a callback attribute (ints stay ints; NumPy/tensor scalars → float)."""
+    return value if value is None or isinstance(value, int) else float(value)
 
 
 class HistoryCSV(_keras().callbacks.Callback):
