@@ -43,4 +43,4 @@ sweep-full: install
 	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/full.yaml
 
 clean:
-	rm -rf runs reports/demo/metrics.json .pytest_cache
+	rm -rf runs reports/sweeps .pytest_cache
