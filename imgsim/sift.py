@@ -585,9 +585,10 @@ WORKER_FEATURES = 32  # features each scoring process keeps in memory (least rec
 _worker = {}  # state of a score_pairs worker process
 
 
-def _init_worker(files, paths, config, threads):
+def _init_worker(files, paths, config, threads, keep_matches):
     cv2.setNumThreads(threads)
-    _worker.update(files=files, paths=paths, config=config, features=OrderedDict())
+    _worker.update(files=files, paths=paths, config=config, keep_matches=keep_matches,
+                   features=OrderedDict())
 
 
 def _worker_features(i):
@@ -605,12 +606,20 @@ def _worker_features(i):
     return features
 
 
+def _pair_result(features_a, features_b, config, keep_matches):
+    """A PairScore, or (PairScore, inlier matches of shape (n_inliers, 2)) with ``keep_matches``."""
+    result = pair_matches(features_a, features_b, config)
+    if not keep_matches:
+        return result.score()
+    return result.score(), result.matches[result.inliers].astype(np.uint32)
+
+
 def _score_chunk(chunk):
-    config = _worker["config"]
-    return [pair_score(_worker_features(a), _worker_features(b), config) for a, b in chunk]
+    config, keep = _worker["config"], _worker["keep_matches"]
+    return [_pair_result(_worker_features(a), _worker_features(b), config, keep) for a, b in chunk]
 
 
-def score_pairs(pairs, config=None, cache=None, processes=None, progress=False):
+def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, keep_matches=False):
     """:class:`PairScore` of many (path_a, path_b) pairs, scored in parallel processes.
 
     Each distinct image is extracted once, through ``cache``
@@ -639,11 +648,17 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False):
         Worker processes; default ``os.cpu_count()``. 1 scores in this process.
     progress : bool
         tqdm bars over extraction and pairs.
+    keep_matches : bool
+        Also return each pair's verified matches (for building a COLMAP
+        database, :mod:`imgsim.reconstruct`).
 
     Returns
     -------
     list of PairScore
         In the order of ``pairs``; each equal to ``pair_score(a, b, config)``.
+        With ``keep_matches``, a list of ``(PairScore, inliers)`` where
+        ``inliers`` is a uint32 array of shape (n_inliers, 2) of keypoint
+        indices ``(index_a, index_b)`` into each image's :class:`Features`.
     """
     config = config or SiftConfig()
     pairs = [tuple(pair) for pair in pairs]
@@ -658,14 +673,14 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False):
         return []
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="imgsim-sift-") as folder:
-            return score_pairs(pairs, config, FeatureCache(folder), processes, progress)
+            return score_pairs(pairs, config, FeatureCache(folder), processes, progress, keep_matches)
 
     paths = list(dict.fromkeys(p for pair in pairs for p in pair))
     features = extract_many(paths, config, cache, progress=progress)
     number = {p: i for i, p in enumerate(paths)}
     todo = sorted(dict.fromkeys((number[a], number[b]) for a, b in pairs))  # neighbours share images
     if processes == 1:
-        scores = [pair_score(features[a], features[b], config) for a, b in todo]
+        scores = [_pair_result(features[a], features[b], config, keep_matches) for a, b in todo]
         by_key = dict(zip(todo, scores))
         return [by_key[number[a], number[b]] for a, b in pairs]
     del features  # the workers read the cache files
@@ -681,7 +696,7 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False):
     results = [None] * len(chunks)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker,
-                             initargs=(files, paths, config, max(1, cpus // processes))) as pool:
+                             initargs=(files, paths, config, max(1, cpus // processes), keep_matches)) as pool:
         futures = {pool.submit(_score_chunk, chunk): i for i, chunk in enumerate(chunks)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()

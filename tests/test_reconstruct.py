@@ -1,0 +1,245 @@
+"""The IMC task: benchmark building, match graph clustering, pycolmap SfM, submission, resume."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgsim.data import load_table, make_imc_benchmark
+from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.reconstruct import (ReconstructConfig, assign_scenes, build_benchmark, connected_components,
+                                list_datasets, reconstruct)
+
+pytest.importorskip("pycolmap")
+
+SMALL = ReconstructConfig(sift={"max_side": 640, "n_features": 2000}, image_size=96, processes=2)
+
+
+def _matrix(text):
+    return np.array([float(v) for v in text.split(";")])
+
+
+# --------------------------------------------------------------------------- graph and assembly
+
+
+def _closure_components(n, edges):
+    """Connected components by transitive closure of the adjacency matrix (brute force)."""
+    reach = np.eye(n, dtype=bool)
+    for a, b in edges:
+        reach[a, b] = reach[b, a] = True
+    for _ in range(n):
+        reach = (reach.astype(int) @ reach.astype(int)) > 0
+    return {frozenset(np.flatnonzero(row)) for row in reach}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_connected_components_equal_transitive_closure(seed):
+    rng = np.random.default_rng(seed)
+    n = 30
+    edges = [tuple(rng.choice(n, 2, replace=False)) for _ in range(int(rng.integers(5, 35)))]
+    got = connected_components(n, edges)
+    assert {frozenset(c) for c in got} == _closure_components(n, edges)
+    assert sorted(x for c in got for x in c) == list(range(n))
+    assert [len(c) for c in got] == sorted((len(c) for c in got), reverse=True)
+
+
+def test_assign_scenes_hand_worked():
+    pose = {"R": np.eye(3).tolist(), "t": [0, 0, 1]}
+    models = [{"a": pose, "b": pose},                      # too small once taken
+              {"a": pose, "b": pose, "c": pose, "d": pose},  # largest: cluster0
+              {"d": pose, "e": pose, "f": pose, "g": pose}]  # d already placed: e, f, g
+    placed = assign_scenes(list("abcdefgh"), models, min_size=3)
+    assert {n: placed[n][0] for n in "abcdefgh"} == {
+        "a": "cluster0", "b": "cluster0", "c": "cluster0", "d": "cluster0",
+        "e": "cluster1", "f": "cluster1", "g": "cluster1", "h": "outliers"}
+    assert placed["h"][1] is None and placed["e"][2] == [0, 0, 1]
+
+
+# --------------------------------------------------------------------------- input and benchmark data
+
+
+def test_list_datasets_reads_both_layouts_and_ignores_scenes(tmp_path, mini_imc):
+    table = list_datasets(mini_imc)
+    truth = load_table(mini_imc)
+    assert sorted(table["path"]) == sorted(truth["path"])
+    assert "scene" not in table.columns
+    folders = tmp_path / "plain"
+    (folders / "d1").mkdir(parents=True)
+    for path in truth["path"][:3]:
+        (folders / "d1" / os.path.basename(path)).write_bytes(open(path, "rb").read())
+    plain = list_datasets(folders)
+    assert set(plain["dataset"]) == {"d1"} and len(plain) == 3
+
+
+def test_list_datasets_errors_name_the_file(tmp_path, mini_imc):
+    with pytest.raises(DataLayoutError, match="no such directory"):
+        list_datasets(tmp_path / "nope")
+    first = load_table(mini_imc)["path"][0]
+    open(first, "wb").close()
+    with pytest.raises(DataLayoutError, match=f"{os.path.basename(first)}: empty file"):
+        list_datasets(mini_imc)
+    os.remove(first)
+    with pytest.raises(DataLayoutError, match="does not exist"):
+        list_datasets(mini_imc)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train_labels.csv").write_text("dataset,scene\nx,y\n")
+    with pytest.raises(DataLayoutError, match="train_labels.csv: missing columns: image"):
+        list_datasets(tmp_path / "bad")
+
+
+def test_make_imc_benchmark_mixes_posed_scenes_and_outliers(tmp_path, sample_root):
+    source = load_table(sample_root)
+    spec = {"d1": {"scenes": ["strecha_mvs/fountain_p11", "strecha_mvs/herz_jesu_p25"],
+                   "max_per_scene": 5, "outliers": 3},
+            "d2": {"scenes": ["strecha_mvs/castle_p30"], "outliers": 2}}
+    reserve = ["strecha_mvs/entry_p10"]
+    labels = make_imc_benchmark(source, tmp_path, spec, seed=1, reserve=reserve)
+    counts = labels.groupby(["dataset", "scene"]).size().to_dict()
+    n_castle = int((source["scene"] == "castle_p30").sum())
+    assert counts == {("d1", "fountain_p11"): 5, ("d1", "herz_jesu_p25"): 5, ("d1", "outliers"): 3,
+                      ("d2", "castle_p30"): n_castle, ("d2", "outliers"): 2}
+    by_name = {os.path.basename(p): row for p, row in zip(source["path"], source.itertuples())}
+    used = {"fountain_p11", "herz_jesu_p25", "castle_p30", "entry_p10"}
+    outlier_scenes = [by_name[i].scene for i in labels[labels["scene"] == "outliers"]["image"]]
+    assert not used & set(outlier_scenes)
+    assert len(set(outlier_scenes)) == 5  # one photo per scene
+    for row in labels[labels["scene"] != "outliers"].itertuples():
+        src = by_name[row.image]
+        assert (row.scene, row.rotation_matrix, row.translation_vector) == (
+            src.scene, src.rotation_matrix, src.translation_vector)
+        assert (tmp_path / "train" / row.dataset / row.image).read_bytes() == open(src.path, "rb").read()
+    written = pd.read_csv(tmp_path / "train_labels.csv", dtype=str, keep_default_na=False)
+    assert list(written["image"]) == list(labels["image"])
+    with pytest.raises(DataLayoutError, match="already exists"):
+        make_imc_benchmark(source, tmp_path, spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"d": {"scenes": ["strecha_mvs/nope"]}}, "unknown scenes"),
+    ({"d": {"scenes": ["strecha_mvs/castle_p30"], "outlier": 2}}, "unknown keys"),
+    ({"d": {"scenes": ["strecha_mvs/castle_p30"], "outliers": 99}}, "99 outliers asked"),
+    ({"d": {"scenes": ["opensfm_samples/lund"]}}, "0 posed images"),
+])
+def test_make_imc_benchmark_bad_specs(tmp_path, sample_root, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        make_imc_benchmark(load_table(sample_root), tmp_path, spec)
+
+
+def test_bad_reconstruct_config():
+    with pytest.raises(ConfigError, match="shortlist_k"):
+        ReconstructConfig(shortlist_k=-1)
+    with pytest.raises(ConfigError, match="max_side"):
+        ReconstructConfig(sift={"max_side": 8})
+    with pytest.raises(ConfigError, match="camera_mode"):
+        ReconstructConfig(camera_mode="rig")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The embedded small benchmark, reconstructed once (about a minute on 2 cores)."""
+    root = tmp_path_factory.mktemp("imc")
+    gt = build_benchmark("small", root / "bench")
+    out = root / "submission.csv"
+    result = reconstruct(root / "bench", out, work_dir=root / "work", config=SMALL)
+    return gt, out, root / "work", result
+
+
+def _rotation_angle(R):
+    return np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
+
+
+def test_small_benchmark_clusters_scenes_and_leaves_outliers(small_run):
+    gt_file, out, _, result = small_run
+    gt = pd.read_csv(gt_file, dtype=str, keep_default_na=False)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["image_id", "dataset", "scene", "image", "rotation_matrix",
+                                 "translation_vector"]
+    assert sorted(sub["image"]) == sorted(gt["image"])
+    merged = gt.merge(sub, on=["dataset", "image"], suffixes=("_gt", ""))
+    for scene, group in merged[merged["scene_gt"] != "outliers"].groupby("scene_gt"):
+        clusters = group["scene"].value_counts()
+        # most of the scene in one cluster, and that cluster holds nothing of the other scene
+        assert clusters.index[0] != "outliers" and clusters.iloc[0] >= len(group) - 1, (scene, clusters)
+        others = merged[(merged["scene"] == clusters.index[0]) & (merged["scene_gt"] != scene)]
+        assert others.empty, others
+    assert (merged[merged["scene_gt"] == "outliers"]["scene"] == "outliers").all()
+    assert result["info"]["church_fountain"]["registered"] >= 10
+
+
+def test_small_benchmark_relative_poses_match_ground_truth(small_run):
+    gt_file, out, _, _ = small_run
+    gt = pd.read_csv(gt_file, dtype=str, keep_default_na=False)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    merged = gt.merge(sub, on=["dataset", "image"], suffixes=("_gt", ""))
+    merged = merged[(merged["scene"] != "outliers") & (merged["scene_gt"] != "outliers")]
+    errors = []
+    for _, group in merged.groupby("scene"):
+        R_gt = [_matrix(r).reshape(3, 3) for r in group["rotation_matrix_gt"]]
+        R = [_matrix(r).reshape(3, 3) for r in group["rotation_matrix"]]
+        for i in range(len(R)):
+            for j in range(i + 1, len(R)):  # relative rotations do not depend on the world frame
+                errors.append(_rotation_angle((R[i] @ R[j].T).T @ (R_gt[i] @ R_gt[j].T)))
+        c_gt = np.array([-r.T @ _matrix(t) for r, t in zip(R_gt, group["translation_vector_gt"])])
+        c = np.array([-r.T @ _matrix(t) for r, t in zip(R, group["translation_vector"])])
+        # camera-centre distance ratios do not depend on the similarity frame either
+        d_gt = np.linalg.norm(c_gt[:, None] - c_gt[None], axis=-1)
+        d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+        iu = np.triu_indices(len(c), 1)
+        ratio = d[iu] / d_gt[iu]
+        assert np.allclose(ratio / np.median(ratio), 1, atol=0.1), ratio
+    assert len(errors) >= 30 and np.median(errors) < 2.0 and max(errors) < 5.0, errors
+
+
+def test_rerun_reads_every_stage_from_the_work_dir(small_run, monkeypatch, tmp_path):
+    import imgsim.reconstruct as rec
+
+    gt_file, out, work, _ = small_run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("stage recomputed")
+
+    for stage in ("embed_stage", "pairs_stage", "match_stage", "cluster_stage", "sfm_stage"):
+        monkeypatch.setattr(rec, stage, fail)
+    again = reconstruct(os.path.dirname(gt_file), tmp_path / "again.csv", work_dir=work, config=SMALL)
+    assert (tmp_path / "again.csv").read_text() == out.read_text()
+    assert set(again["timings"]["church_fountain"]) == set(rec.STAGES)
+
+
+def test_killed_run_resumes_from_the_last_finished_stage(small_run, monkeypatch, tmp_path):
+    import glob
+    import shutil
+
+    import imgsim.reconstruct as rec
+
+    gt_file, out, work, _ = small_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    for file in glob.glob(str(copy / "church_fountain" / "sfm-*.json")):
+        os.remove(file)  # killed during SfM: earlier stages are on disk, SfM is not
+    calls = []
+    real_sfm = rec.sfm_stage
+    monkeypatch.setattr(rec, "sfm_stage", lambda *a, **k: calls.append(1) or real_sfm(*a, **k))
+    for stage in ("embed_stage", "match_stage"):
+        monkeypatch.setattr(rec, stage, lambda *a, **k: pytest.fail("finished stage recomputed"))
+    reconstruct(os.path.dirname(gt_file), tmp_path / "resumed.csv", work_dir=copy, config=SMALL)
+    assert calls
+    assert (pd.read_csv(tmp_path / "resumed.csv")["scene"] != "outliers").sum() == \
+        (pd.read_csv(out)["scene"] != "outliers").sum()
+
+
+def test_cli_reconstruct_and_bad_root(small_run, tmp_path, capsys):
+    from imgsim.cli import main
+
+    gt_file, _, work, _ = small_run
+    out = tmp_path / "cli.csv"
+    args = ["reconstruct", os.path.dirname(gt_file), "--out", str(out), "--work-dir", str(work),
+            "--sift-max-side", "640", "--sift-features", "2000", "--image-size", "96",
+            "--processes", "2"]
+    assert main(args) == 0 and out.exists()
+    assert "registered" in capsys.readouterr().out
+    assert main(["reconstruct", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "no such directory" in capsys.readouterr().err
