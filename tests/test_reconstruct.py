@@ -185,13 +185,12 @@ def test_small_benchmark_relative_poses_match_ground_truth(small_run):
                 errors.append(_rotation_angle((R[i] @ R[j].T).T @ (R_gt[i] @ R_gt[j].T)))
         c_gt = np.array([-r.T @ _matrix(t) for r, t in zip(R_gt, group["translation_vector_gt"])])
         c = np.array([-r.T @ _matrix(t) for r, t in zip(R, group["translation_vector"])])
-        # camera-centre distance ratios do not depend on the similarity frame either
-        d_gt = np.linalg.norm(c_gt[:, None] - c_gt[None], axis=-1)
-        d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+        # camera-centre distances in units of their median do not depend on the similarity frame
         iu = np.triu_indices(len(c), 1)
-        ratio = d[iu] / d_gt[iu]
-        assert np.allclose(ratio / np.median(ratio), 1, atol=0.1), ratio
-    assert len(errors) >= 30 and np.median(errors) < 2.0 and max(errors) < 5.0, errors
+        d_gt = np.linalg.norm(c_gt[:, None] - c_gt[None], axis=-1)[iu]
+        d = np.linalg.norm(c[:, None] - c[None], axis=-1)[iu]
+        assert np.abs(d / np.median(d) - d_gt / np.median(d_gt)).max() < 0.1, (d, d_gt)
+    assert len(errors) >= 20 and np.median(errors) < 2.0 and max(errors) < 5.0, errors
 
 
 def test_rerun_reads_every_stage_from_the_work_dir(small_run, monkeypatch, tmp_path):
