@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install browser demo test bench sweep sweep-full clean
+.PHONY: install browser demo test bench sweep sweep-full imc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ sweep: install
 
 sweep-full: install
 	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/full.yaml
+
+imc: install
+	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/imc.yaml
 
 clean:
 	rm -rf runs reports/sweeps .pytest_cache

@@ -108,6 +108,31 @@ def cmd_demo(args):
     run_demo(config)
 
 
+def cmd_reconstruct(args):
+    from imgsim.reconstruct import ReconstructConfig, reconstruct
+
+    sift = {"max_side": args.sift_max_side, "n_features": args.sift_features}
+    config = ReconstructConfig(shortlist_k=0 if args.all_pairs else args.shortlist_k,
+                               all_pairs_up_to=args.all_pairs_up_to, min_inliers=args.min_inliers,
+                               min_cluster_size=args.min_cluster_size, model=args.model,
+                               image_size=args.image_size, sift=sift, processes=args.processes)
+    result = reconstruct(args.data_root, args.out, work_dir=args.work_dir, config=config,
+                         datasets=args.datasets)
+    registered = sum(info["registered"] for info in result["info"].values())
+    print(f"wrote {args.out}: {len(result['submission'])} images, {registered} registered, "
+          f"{result['wall_s']:.1f} s")
+
+
+def cmd_score(args):
+    from imgsim.imc import score
+
+    result = score(args.gt, args.submission, args.thresholds)
+    for name, d in sorted(result["datasets"].items()):
+        print(f"{name}: score {100 * d['score']:.2f}  mAA {d['maa']:.3f}  "
+              f"clusterness {d['clusterness']:.3f}")
+    print(f"IMC score: {result['score']:.2f}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="imgsim", description="image similarity toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +178,28 @@ def build_parser():
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"))
     p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("reconstruct", help="IMC task: cluster scenes and pose images (pycolmap)")
+    p.add_argument("data_root", help="IMC folder (train_labels.csv or sample_submission.csv) "
+                   "or <dataset>/<image> folders")
+    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--work-dir", default=None, help="stage outputs, resumable (default <out>.work)")
+    p.add_argument("--datasets", nargs="+", default=None)
+    p.add_argument("--shortlist-k", type=int, default=10, help="neighbours per image by embedding")
+    p.add_argument("--all-pairs", action="store_true", help="match all pairs (no shortlist)")
+    p.add_argument("--all-pairs-up-to", type=int, default=20)
+    p.add_argument("--min-inliers", type=int, default=30)
+    p.add_argument("--min-cluster-size", type=int, default=3)
+    p.add_argument("--model", default=None, help="a .keras model (default: ImageNet GAP)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--sift-features", type=int, default=4000)
+    p.add_argument("--sift-max-side", type=int, default=1024)
+    p.add_argument("--processes", type=int, default=None)
+    p.set_defaults(func=cmd_reconstruct)
+    p = sub.add_parser("score", help="IMC 2025 score of a submission against ground truth")
+    p.add_argument("gt", help="ground truth, train_labels.csv form")
+    p.add_argument("submission")
+    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
+    p.set_defaults(func=cmd_score)
     return parser
 
 

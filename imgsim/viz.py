@@ -227,3 +227,36 @@ def pair_keypoints_figure(image_a, image_b, kp_a, kp_b, names=("A", "B")):
         ax.set_title(f"{name} ({len(kp)} keypoints)", fontsize=9)
         ax.set_axis_off()
     return fig
+
+
+def camera_centres(panels, ncols=3):
+    """Predicted vs true camera centres after alignment, one panel per scene.
+
+    Parameters
+    ----------
+    panels : list of (title, true, predicted)
+        ``true`` and ``predicted``: arrays of shape (n, 3) in the ground-truth
+        frame, rows matching; unregistered cameras are rows of ``nan`` in
+        ``predicted``. Each panel shows the plane of the two principal axes
+        of the true centres (a top view for a camera path on the ground).
+    """
+    rows = max(1, int(np.ceil(len(panels) / ncols)))
+    fig = _figure(figsize=(4.2 * min(ncols, max(len(panels), 1)), 3.8 * rows), layout="constrained")
+    for k, (title, true, pred) in enumerate(panels):
+        ax = fig.add_subplot(rows, min(ncols, len(panels)), k + 1)
+        true, pred = np.asarray(true, float), np.asarray(pred, float)
+        centre = true.mean(0)
+        axes = np.linalg.svd(true - centre, full_matrices=False)[2][:2].T
+        t2, p2 = (true - centre) @ axes, (pred - centre) @ axes
+        ok = np.isfinite(p2).all(1)
+        for a, b in zip(t2[ok], p2[ok]):
+            ax.plot([a[0], b[0]], [a[1], b[1]], c="grey", lw=0.7)
+        ax.scatter(t2[:, 0], t2[:, 1], s=22, facecolors="none", edgecolors="#1f78b4", label="true")
+        ax.scatter(p2[ok, 0], p2[ok, 1], s=10, c=INLIER_COLOUR, label="predicted (aligned)")
+        ax.scatter(t2[~ok, 0], t2[~ok, 1], s=30, marker="x", c=OUTLIER_COLOUR, label="unregistered")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(f"{title}\n{int(ok.sum())}/{len(true)} registered", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7, loc="best")
+    return fig

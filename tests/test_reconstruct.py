@@ -242,3 +242,25 @@ def test_cli_reconstruct_and_bad_root(small_run, tmp_path, capsys):
     assert "registered" in capsys.readouterr().out
     assert main(["reconstruct", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
+    from imgsim.reconstruct import aligned_centres, write_report
+
+    gt_file, out, _, result = small_run
+    report = tmp_path / "report"
+    metrics = write_report(gt_file, out, result, report)
+    assert (report / "camera_centres.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (report / "summary.md").read_text()
+    assert f"{metrics['score']:.2f}" in summary and "church_fountain" in summary
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert metrics["info"]["church_fountain"]["registered"] == int((sub["rotation_matrix"] != "nan").sum())
+    d = metrics["datasets"]["church_fountain"]
+    assert d["clusterness"] == 1.0  # no cluster holds an image of another scene (checked above)
+    assert metrics["score"] > 80
+    for scene, s in d["scenes"].items():
+        true, pred = aligned_centres(gt_file, out, "church_fountain", scene, s["cluster"])
+        ok = np.isfinite(pred).all(1)
+        spread = np.median(np.linalg.norm(true - true.mean(0), axis=1))
+        assert ok.sum() >= len(true) - 1
+        assert np.linalg.norm(pred[ok] - true[ok], axis=1).max() < 0.1 * spread, scene
