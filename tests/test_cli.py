@@ -59,3 +59,23 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["embed", str(tmp_path), "--model", str(tmp_path / "none.keras")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"DataLayoutError: {tmp_path}: no train_labels.csv and no <scene>/<image> folders with images"
+
+
+def test_score_verb_prints_the_score_and_names_a_bad_row(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    rows = ["dataset,scene,image,rotation_matrix,translation_vector"]
+    for i in range(5):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        q *= np.sign(np.linalg.det(q))
+        rows.append(f"d,s,im{i}.jpg,{';'.join(map(str, q.ravel()))},{';'.join(map(str, rng.normal(size=3)))}")
+    gt = tmp_path / "gt.csv"
+    gt.write_text("\n".join(rows) + "\n")
+    assert main(["score", str(gt), str(gt)]) == 0
+    assert "IMC score: 100.00" in capsys.readouterr().out
+    dataset, scene, image, rotation, translation = rows[3].split(",")
+    eight = ";".join(rotation.split(";")[:8])  # line 4 of the file: R with 8 values
+    bad = rows[:3] + [",".join([dataset, scene, image, eight, translation])] + rows[4:]
+    (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
+    assert main(["score", str(gt), str(tmp_path / "bad.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv row 4" in err and "rotation_matrix" in err and "8" in err
