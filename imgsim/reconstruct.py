@@ -597,7 +597,7 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
 def summary_markdown(metrics):
     """Markdown tables of a :func:`write_report` result: datasets, then scenes."""
     lines = [f"**IMC score: {metrics['score']:.2f}** (wall time {metrics['wall_s']:.1f} s)", "",
-             "| dataset | score | mAA | clusterness | registered / images | pairs | "
+             "| dataset | score | mAA | clusterness | registered / images (incl. outliers) | pairs | "
              + " | ".join(f"{s} s" for s in STAGES) + " |",
              "|---" * (6 + len(STAGES)) + "|"]
     for name, d in sorted(metrics["datasets"].items()):
