@@ -264,3 +264,58 @@ def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
         spread = np.median(np.linalg.norm(true - true.mean(0), axis=1))
         assert ok.sum() >= len(true) - 1
         assert np.linalg.norm(pred[ok] - true[ok], axis=1).max() < 0.1 * spread, scene
+
+
+def test_sigkilled_run_resumes_without_redoing_finished_stages(small_run, tmp_path, monkeypatch):
+    import glob
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import imgsim.reconstruct as rec
+
+    gt_file, out, _, _ = small_run
+    bench = os.path.dirname(gt_file)
+    work = tmp_path / "work"
+    shutil.copytree(os.path.join(os.path.dirname(out), "work", "features"), work / "features")
+    code = ("import sys; from imgsim.reconstruct import ReconstructConfig, reconstruct\n"
+            "if __name__ == '__main__':\n"
+            f"    reconstruct(sys.argv[1], sys.argv[2], work_dir=sys.argv[3], config=ReconstructConfig("
+            f"sift={SMALL.sift!r}, image_size=96, processes=2))\n")
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script), bench, str(tmp_path / "s.csv"), str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not glob.glob(str(work / "church_fountain" / "match-*.npz")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before its match stage was written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "s.csv").exists()  # killed before the submission was written
+    if glob.glob(str(work / "church_fountain" / "sfm-*.json")):
+        pytest.skip("the run finished SfM before it could be killed")
+    for stage in ("embed_stage", "pairs_stage", "match_stage"):
+        monkeypatch.setattr(rec, stage, lambda *a, **k: pytest.fail("finished stage recomputed"))
+    reconstruct(bench, tmp_path / "s.csv", work_dir=work, config=SMALL)
+    sub = pd.read_csv(tmp_path / "s.csv")
+    assert (sub["scene"] != "outliers").sum() >= 10
+
+
+def test_corrupt_image_is_named_without_a_traceback(small_run, tmp_path, capsys):
+    import shutil
+
+    from imgsim.cli import main
+
+    gt_file, _, _, _ = small_run
+    bench = tmp_path / "bench"
+    shutil.copytree(os.path.dirname(gt_file), bench)
+    victim = sorted((bench / "train" / "church_fountain").iterdir())[3]
+    victim.unlink()
+    victim.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["reconstruct", str(bench), "--out", str(tmp_path / "x.csv"), "--image-size", "96"]) == 2
+    err = capsys.readouterr().err
+    assert victim.name in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
