@@ -11,12 +11,21 @@ ImageNet weights load the Keras way (``weights="imagenet"``), from the Keras
 cache ``$KERAS_HOME/models`` (default ``~/.keras/models``). imgsim ships both
 weight files (alpha 1.0 and 0.35, 224 rows) and copies the one needed into that
 cache on first use, so a fresh clone runs offline.
+
+Inference runs on one of :data:`ENGINES`: ``"keras"`` (``predict_on_batch``) or
+``"openvino"`` (the same weights exported once to OpenVINO IR and run in f32;
+1.8–2× the Keras forward pass on CPU, embeddings equal within 1e-6). See
+:func:`compile_for_inference`.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +35,7 @@ from imgsim.errors import ConfigError, WeightsNotFoundError
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+ENGINES = ("keras", "openvino")
 
 
 @dataclass
@@ -299,25 +309,273 @@ def load_model(path):
 
 
 def input_size(model):
-    """Square input side of a model built by this module."""
+    """Square input side of a model built by this module (or of an :class:`InferenceModel`)."""
+    if isinstance(model, InferenceModel):
+        return model.input_size
     shape = model.input_shape
     return int(shape[1])
 
 
-def embed(model, images, batch_size=32, progress=False):
+def _as_uint8(batch):
+    """An (n, size, size, 3) batch as C-contiguous uint8, the dtype :func:`embed` feeds."""
+    return np.ascontiguousarray(batch, dtype=np.uint8)
+
+
+class InferenceModel:
+    """A compiled forward pass: what :func:`embed` needs from a model.
+
+    Build one with :func:`compile_for_inference`; ``embed`` accepts it in place
+    of a ``keras.Model``. Calling it on a batch is thread-safe (calls are
+    serialised).
+
+    Attributes
+    ----------
+    engine : str
+        One of :data:`ENGINES`.
+    input_size : int
+        Square input side in pixels.
+    output_dim : int
+        Width of the embeddings.
+    """
+
+    engine = None
+
+    def __init__(self, input_size, output_dim):
+        self.input_size = int(input_size)
+        self.output_dim = int(output_dim)
+        self._lock = threading.Lock()
+
+    def __call__(self, batch):
+        """Embed a batch.
+
+        Parameters
+        ----------
+        batch : array of shape (n, input_size, input_size, 3), uint8
+            Images already resized; other dtypes are cast to uint8 first, as
+            :func:`embed` does for arrays.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n, output_dim), float32
+        """
+        batch = _as_uint8(batch)
+        expected = (self.input_size, self.input_size, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ConfigError(f"batch must have shape (n, {expected[0]}, {expected[1]}, 3), "
+                              f"got {batch.shape}")
+        with self._lock:
+            return np.asarray(self._forward(batch), np.float32)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(engine={self.engine!r}, input_size={self.input_size}, "
+                f"output_dim={self.output_dim})")
+
+
+class KerasInference(InferenceModel):
+    """``model.predict_on_batch`` on float32 inputs (the reference engine)."""
+
+    engine = "keras"
+
+    def __init__(self, model):
+        super().__init__(input_size(model), model.output_shape[-1])
+        self.model = model
+
+    def _forward(self, batch):
+        return self.model.predict_on_batch(batch.astype(np.float32))
+
+
+class OpenVINOInference(InferenceModel):
+    """An OpenVINO IR of the model, compiled for the CPU in f32 with a uint8 input.
+
+    The uint8 → f32 conversion runs inside OpenVINO (exact for integers; 10 %
+    faster than converting in numpy); ``INFERENCE_PRECISION_HINT=f32`` keeps
+    OpenVINO from switching to bf16 on CPUs that have it, so embeddings match
+    Keras' within 1e-6 rather than 1e-2.
+
+    Parameters
+    ----------
+    xml_path : str
+        ``model.xml`` written by ``keras.Model.export(..., format="openvino")``.
+    input_size, output_dim : int
+    digest : str
+        The cache key it was exported under (for reference).
+    """
+
+    engine = "openvino"
+
+    def __init__(self, xml_path, input_size, output_dim, digest=None):
+        import openvino as ov
+
+        super().__init__(input_size, output_dim)
+        self.xml_path, self.digest = xml_path, digest
+        core = ov.Core()
+        graph = core.read_model(xml_path)
+        ppp = ov.preprocess.PrePostProcessor(graph)
+        ppp.input().tensor().set_element_type(ov.Type.u8)
+        ppp.input().preprocess().convert_element_type(ov.Type.f32)
+        # One stream using every core: synchronous batches of 32 run 2x faster than with
+        # the THROUGHPUT hint on 2 cores (measured), and embed feeds one batch at a time.
+        self._compiled = core.compile_model(ppp.build(), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        self._request = self._compiled.create_infer_request()
+
+    def _forward(self, batch):
+        return self._request.infer([batch])[0]
+
+
+def default_engine_cache_dir(engine="openvino"):
+    """``$XDG_CACHE_HOME/imgsim/<engine>``, by default ``~/.cache/imgsim/<engine>``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgsim", engine)
+
+
+_ARCHITECTURE_DIGESTS = weakref.WeakKeyDictionary()  # model -> SHA-256 of model.to_json()
+
+
+def model_digest(model, extra=""):
+    """SHA-256 (hex) of a Keras model's architecture (JSON) and weight values.
+
+    Two models with the same layers and the same weights get the same digest;
+    training a step, loading other weights or cutting the model at another
+    layer changes it. ``extra`` (e.g. library versions) joins the key. About
+    10 ms for MobileNetV2 1.0 (9 MB of weights): the architecture's part is
+    computed once per model object.
+    """
+    try:
+        architecture = _ARCHITECTURE_DIGESTS[model]
+    except (KeyError, TypeError):
+        architecture = hashlib.sha256(model.to_json().encode("utf-8")).hexdigest()
+        try:
+            _ARCHITECTURE_DIGESTS[model] = architecture
+        except TypeError:  # not weakly referenceable: recompute next time
+            pass
+    h = hashlib.sha256(f"{architecture};{extra};".encode("utf-8"))
+    for weight, value in zip(model.weights, model.get_weights()):
+        value = np.ascontiguousarray(value)
+        h.update(f"{weight.path}:{value.dtype}:{value.shape};".encode("utf-8"))
+        h.update(value.data)
+    return h.hexdigest()
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError("engine='openvino' needs the openvino package: "
+                          "pip install 'imgsim[openvino]' (or pip install openvino)") from None
+    return openvino
+
+
+def _export_openvino(model, folder):
+    """``model.xml`` + ``model.bin`` in ``folder``, written once and atomically.
+
+    The IR is exported into a temporary sibling folder that is then renamed, so
+    a concurrent or killed export never leaves a half-written model behind;
+    when two processes race, the first rename wins and the other's copy is
+    dropped.
+    """
+    xml = os.path.join(folder, "model.xml")
+    if os.path.isfile(xml) and os.path.isfile(os.path.join(folder, "model.bin")):
+        return xml
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    try:
+        model.export(os.path.join(tmp, "model.xml"), format="openvino", verbose=False)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first (the folder exists, not empty)
+            if not os.path.isfile(xml):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return xml
+
+
+_COMPILED = OrderedDict()  # digest -> OpenVINOInference, the last few compiled in this process
+_COMPILED_KEEP = 4
+_COMPILED_LOCK = threading.Lock()
+
+
+def compile_for_inference(model, engine="openvino", cache_dir=None):
+    """A faster forward pass of ``model`` with the same weights, for :func:`embed`.
+
+    Parameters
+    ----------
+    model : keras.Model or InferenceModel
+        From :func:`build_embedding_model`, :func:`build_imagenet_baseline` or
+        :func:`load_model`; an :class:`InferenceModel` of the same engine is
+        returned as is.
+    engine : {"keras", "openvino"}
+        ``"keras"`` wraps ``predict_on_batch`` (no copy, follows later weight
+        changes). ``"openvino"`` exports the model once to OpenVINO IR under
+        ``cache_dir/<digest>/`` — the digest covers the architecture, the weight
+        values and the Keras and OpenVINO versions, so a retrained model gets a
+        new export — and compiles it for the CPU in f32: about 1.8–2× the Keras
+        forward pass on a 2-core x86 CPU, embeddings within 1e-6 of Keras'. The
+        compiled model snapshots the weights: compile again after training.
+        The last few compiled models are reused within a process.
+    cache_dir : str or None
+        Where exported IR folders go; default :func:`default_engine_cache_dir`
+        (``~/.cache/imgsim/openvino``).
+
+    Returns
+    -------
+    InferenceModel
+        ``input_size``, ``output_dim`` and ``__call__(uint8 batch) -> float32 embeddings``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``engine``, or ``engine="openvino"`` without the openvino package.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if isinstance(model, InferenceModel):
+        if model.engine != engine:
+            raise ConfigError(f"model is already compiled for engine={model.engine!r}, "
+                              f"not {engine!r}: compile the keras.Model instead")
+        return model
+    if engine == "keras":
+        return KerasInference(model)
+    ov = _import_openvino()
+    import keras
+
+    digest = model_digest(model, extra=f"keras {keras.__version__}; openvino {ov.get_version()}")
+    with _COMPILED_LOCK:
+        if digest in _COMPILED:
+            _COMPILED.move_to_end(digest)
+            return _COMPILED[digest]
+    cache_dir = cache_dir or default_engine_cache_dir("openvino")
+    xml = _export_openvino(model, os.path.join(cache_dir, digest[:32]))
+    compiled = OpenVINOInference(xml, input_size(model), model.output_shape[-1], digest)
+    with _COMPILED_LOCK:
+        _COMPILED[digest] = compiled
+        while len(_COMPILED) > _COMPILED_KEEP:
+            _COMPILED.popitem(last=False)
+    return compiled
+
+
+def embed(model, images, batch_size=32, progress=False, engine="keras"):
     """Embed photos or arrays with ``model``.
 
     Parameters
     ----------
-    model : keras.Model
+    model : keras.Model or InferenceModel
         From :func:`build_embedding_model`, :func:`build_imagenet_baseline` or
-        :func:`load_model`.
+        :func:`load_model`, or already compiled by :func:`compile_for_inference`
+        (then ``engine`` is ignored).
     images : sequence of paths, or array of shape (n, h, w, 3)
         Paths are decoded with :func:`imgsim.data.load_image` (EXIF applied)
-        and resized to the model's input size; arrays of another size are resized.
+        and resized to the model's input size; arrays are cast to uint8 and,
+        if of another size, resized.
     batch_size : int
     progress : bool
         Show a tqdm bar over batches.
+    engine : {"keras", "openvino"}
+        Forward pass to use for a ``keras.Model``; see :func:`compile_for_inference`
+        (``"openvino"`` exports to ``~/.cache/imgsim/openvino`` on first use).
 
     Returns
     -------
@@ -327,10 +585,11 @@ def embed(model, images, batch_size=32, progress=False):
 
     from imgsim.data import load_image, load_images, resize
 
-    size = input_size(model)
+    forward = compile_for_inference(model, model.engine if isinstance(model, InferenceModel)
+                                    else engine)
+    size = forward.input_size
     n = len(images)
-    out_dim = int(model.output_shape[-1])
-    out = np.zeros((n, out_dim), np.float32)
+    out = np.zeros((n, forward.output_dim), np.float32)
 
     def load(start):
         chunk = images[start:start + batch_size]
@@ -351,8 +610,7 @@ def embed(model, images, batch_size=32, progress=False):
             batch = pending.result()
             if i + 1 < len(starts):
                 pending = prefetch.submit(load, starts[i + 1])
-            out[start:start + len(batch)] = np.asarray(
-                model.predict_on_batch(batch.astype(np.float32)), np.float32)
+            out[start:start + len(batch)] = forward(batch)
             if bar is not None:
                 bar.update()
     if bar is not None:

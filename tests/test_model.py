@@ -13,6 +13,7 @@ from imgsim.model import (
     EmbeddingConfig,
     build_embedding_model,
     build_imagenet_baseline,
+    compile_for_inference,
     distance,
     embed,
     ensure_imagenet_weights,
@@ -68,6 +69,54 @@ def test_embed_paths_equals_embed_decoded_arrays(small_model, sample_root):
     paths = list(load_table(sample_root)["path"][:3])
     arrays = np.stack([load_image(p, 64) for p in paths])
     np.testing.assert_allclose(embed(small_model, paths), embed(small_model, arrays), atol=1e-6)
+
+
+def test_openvino_engine_matches_keras_on_real_photos(small_model, sample_root, tmp_path, monkeypatch):
+    """Same weights through OpenVINO: embeddings within 1e-4 of Keras', exported once, atomically."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'imgsim[openvino]')")
+    import imgsim.model as model_module
+    from imgsim.data import load_image, load_table
+
+    paths = list(load_table(sample_root)["path"][:5])
+    want = embed(small_model, paths, batch_size=2)
+    monkeypatch.setattr(model_module, "_COMPILED", type(model_module._COMPILED)())
+    compiled = compile_for_inference(small_model, "openvino", cache_dir=str(tmp_path))
+    assert (compiled.engine, compiled.input_size, compiled.output_dim) == ("openvino", 64, 128)
+    got = embed(compiled, paths, batch_size=2)  # batches of 2 and a last one of 1
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    baseline = build_imagenet_baseline(EmbeddingConfig(alpha=0.35, image_size=64))
+    arrays = np.stack([load_image(p, 64) for p in paths])  # uint8, called directly
+    np.testing.assert_allclose(compile_for_inference(baseline, "openvino", cache_dir=str(tmp_path))(arrays),
+                               embed(baseline, paths), atol=1e-4, rtol=0)
+    # One folder per model, no temporary leftovers; a second process (empty memo) reuses the export.
+    folders = sorted(os.listdir(tmp_path))
+    assert len(folders) == 2 and not any(f.startswith(".tmp") for f in folders)
+    xml = compiled.xml_path
+    assert sorted(os.listdir(os.path.dirname(xml))) == ["model.bin", "model.xml"]
+    mtime = os.path.getmtime(xml)
+    monkeypatch.setattr(model_module, "_COMPILED", type(model_module._COMPILED)())
+    again = compile_for_inference(small_model, "openvino", cache_dir=str(tmp_path))
+    assert again is not compiled and again.xml_path == xml and os.path.getmtime(xml) == mtime
+    # embed(..., engine="openvino") on the Keras model reuses the compiled one.
+    np.testing.assert_allclose(embed(small_model, paths, engine="openvino"), got, atol=1e-6)
+    with pytest.raises(ConfigError, match="batch must have shape"):
+        compiled(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_engine_errors(small_model, monkeypatch):
+    x = np.zeros((1, 64, 64, 3), np.uint8)
+    with pytest.raises(ConfigError, match="engine must be one of \\('keras', 'openvino'\\), got 'tflite'"):
+        embed(small_model, x, engine="tflite")
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        compile_for_inference(small_model, engine="onnx")
+    keras_engine = compile_for_inference(small_model, "keras")
+    np.testing.assert_allclose(keras_engine(x), embed(small_model, x), atol=1e-6)
+    with pytest.raises(ConfigError, match="already compiled for engine='keras'"):
+        compile_for_inference(keras_engine, "openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(ConfigError, match=r"needs the openvino package: pip install 'imgsim\[openvino\]'"):
+        compile_for_inference(small_model, "openvino")
 
 
 def test_imagenet_weights_are_the_real_ones():
