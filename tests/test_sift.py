@@ -393,6 +393,17 @@ def test_score_pairs_equals_pair_score_per_pair(tmp_path, pair_set, matcher):
     assert (cache.misses, cache.hits) == (5, 5)
 
 
+def test_score_pairs_keeps_the_verified_matches_of_each_pair(tmp_path, pair_set):
+    config = SiftConfig(**FAST)
+    expected = [pair_matches(a, b, config) for a, b in pair_set]
+    got = score_pairs(pair_set, config, cache=FeatureCache(tmp_path), processes=2, keep_matches=True)
+    for want, (score, inliers) in zip(expected, got):
+        assert score == want.score()
+        assert inliers.dtype == np.uint32 and inliers.shape == (score.n_inliers, 2)
+        # the same (index_a, index_b) rows as the single-pair call's matches under its inlier mask
+        assert np.array_equal(inliers, want.matches[want.inliers])
+
+
 def test_score_pairs_without_cache_leaves_nothing(tmp_path, monkeypatch, pair_set):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
@@ -408,7 +419,7 @@ def test_score_pairs_reads_missing_cache_files_from_the_image(tmp_path, pair_set
     config = SiftConfig(**FAST)
     (a, b), cache = pair_set[0], FeatureCache(tmp_path)
     cache.get(a, config)
-    sift_module._init_worker([cache.file_for(a, config), str(tmp_path / "gone.npz")], [a, b], config, 1)
+    sift_module._init_worker([cache.file_for(a, config), str(tmp_path / "gone.npz")], [a, b], config, 1, False)
     try:
         assert sift_module._score_chunk([(0, 1)]) == [pair_score(a, b, config)]
     finally:
