@@ -643,3 +643,47 @@ def make_imc_benchmark(table, out_root, datasets, seed=0, reserve=()):
     frame = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
     atomic_write_text(labels_file, frame.to_csv(index=False))
     return frame
+
+
+# EXIF orientation → (raw U, raw V) from displayed continuous coordinates (u, v), raw size (W, H).
+# Each is the inverse of the transpose that ImageOps.exif_transpose applies for that orientation.
+_UNDO_ORIENTATION = {
+    1: lambda u, v, W, H: (u, v),
+    2: lambda u, v, W, H: (W - u, v),          # mirrored left-right
+    3: lambda u, v, W, H: (W - u, H - v),      # rotated 180°
+    4: lambda u, v, W, H: (u, H - v),          # mirrored top-bottom
+    5: lambda u, v, W, H: (v, u),              # transposed
+    6: lambda u, v, W, H: (v, H - u),          # displayed = raw rotated 90° clockwise
+    7: lambda u, v, W, H: (W - v, H - u),      # transversed
+    8: lambda u, v, W, H: (W - v, u),          # displayed = raw rotated 90° counter-clockwise
+}
+
+
+def displayed_to_stored(points, path):
+    """Map pixel coordinates of the EXIF-oriented photo to its stored pixel grid.
+
+    imgsim decodes photos with their EXIF orientation applied (what a viewer
+    shows); COLMAP and the IMC ground truth use the pixel grid as stored in
+    the file. Pixel centres are at integers on both sides.
+
+    Parameters
+    ----------
+    points : array-like of shape (n, 2)
+        x, y in the displayed (oriented) image.
+    path : str or path
+        The image file (only its header is read).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, 2), float64: x, y in the stored image.
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = int(img.getexif().get(0x0112, 1))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ImageDecodeError(f"{path}: cannot read the image header ({exc})") from None
+    undo = _UNDO_ORIENTATION.get(orientation, _UNDO_ORIENTATION[1])
+    u, v = undo(points[:, 0] + 0.5, points[:, 1] + 0.5, width, height)
+    return np.stack([u, v], axis=1) - 0.5

@@ -226,6 +226,8 @@ def cluster_stage(n, pairs, matches, config):
 def _write_database(database, image_dir, names, features, pairs, matches, camera_mode):
     import pycolmap
 
+    from imgsim.data import displayed_to_stored
+
     modes = {"auto": pycolmap.CameraMode.AUTO, "single": pycolmap.CameraMode.SINGLE,
              "per_image": pycolmap.CameraMode.PER_IMAGE}
     pycolmap.Database.open(database).close()  # creates the empty database
@@ -233,8 +235,10 @@ def _write_database(database, image_dir, names, features, pairs, matches, camera
     with pycolmap.Database.open(database) as db:
         ids = {image.name: image.image_id for image in db.read_all_images()}
         for name, feats in zip(names, features):
-            # imgsim puts pixel centres at integers, COLMAP at +0.5
-            db.write_keypoints(ids[name], np.asarray(feats.keypoints, np.float32) + 0.5)
+            # imgsim's keypoints are in the EXIF-oriented photo with pixel centres at integers;
+            # COLMAP reads the stored pixel grid and puts pixel centres at +0.5
+            stored = displayed_to_stored(feats.keypoints, os.path.join(image_dir, name))
+            db.write_keypoints(ids[name], (stored + 0.5).astype(np.float32))
         for (a, b), inliers in zip(pairs, matches):
             inliers = np.ascontiguousarray(inliers, np.uint32).reshape(-1, 2)
             db.write_matches(ids[names[a]], ids[names[b]], inliers)

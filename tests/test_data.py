@@ -115,6 +115,24 @@ def test_exif_orientation_is_applied(tmp_path):
         np.testing.assert_array_equal(load_image(path), want, err_msg=f"orientation {orientation}")
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_displayed_to_stored_points_at_the_same_pixel(tmp_path, orientation):
+    from imgsim.data import displayed_to_stored
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    shown = load_image(path)
+    ys, xs = np.mgrid[0:shown.shape[0], 0:shown.shape[1]]
+    points = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    back = displayed_to_stored(points, path)
+    assert np.allclose(back, np.rint(back))  # pixel centres land on pixel centres
+    back = np.rint(back).astype(int)
+    np.testing.assert_array_equal(stored[back[:, 1], back[:, 0]], shown[points[:, 1], points[:, 0]])
+
+
 def test_colour_modes_become_8_bit_rgb(tmp_path):
     base = rgb_pattern()
     gray = base[..., 0]

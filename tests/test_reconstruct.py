@@ -319,3 +319,36 @@ def test_corrupt_image_is_named_without_a_traceback(small_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert victim.name in err and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_exif_rotated_photo_registers_with_its_true_viewing_direction(small_run, tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (as phones write them) is posed correctly."""
+    import shutil
+
+    from PIL import Image
+
+    gt_file, _, _, _ = small_run
+    bench = tmp_path / "bench"
+    shutil.copytree(os.path.dirname(gt_file), bench)
+    folder = bench / "train" / "church_fountain"
+    victim = sorted(folder.glob("fountain_p11_*.jpg"))[2]
+    shown = Image.open(victim)
+    victim.unlink()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    shown.transpose(Image.Transpose.ROTATE_90).save(victim, quality=95, exif=exif)
+    reconstruct(bench, tmp_path / "s.csv", work_dir=tmp_path / "work", config=SMALL)
+    gt = pd.read_csv(bench / "train_labels.csv", dtype=str, keep_default_na=False).set_index("image")
+    sub = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False).set_index("image")
+    cluster = sub.loc[victim.name, "scene"]
+    assert cluster != "outliers"
+    others = [i for i in sub.index[sub["scene"] == cluster] if i != victim.name]
+    assert len(others) >= 4
+
+    def axis(table, image):  # optical axis in world coordinates: the third row of R
+        return _matrix(table.loc[image, "rotation_matrix"]).reshape(3, 3)[2]
+
+    for other in others:
+        want = np.degrees(np.arccos(np.clip(axis(gt, victim.name) @ axis(gt, other), -1, 1)))
+        got = np.degrees(np.arccos(np.clip(axis(sub, victim.name) @ axis(sub, other), -1, 1)))
+        assert abs(got - want) < 2.0, (other, got, want)
