@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from imgsim.config import DictConfig
+from imgsim.data import IMAGE_EXTENSIONS
 from imgsim.errors import ConfigError, DataLayoutError
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.sift import FeatureCache, SiftConfig
@@ -113,7 +114,9 @@ def list_datasets(root):
     Returns
     -------
     pandas.DataFrame with columns ``dataset``, ``image`` (file name) and
-    ``path``, sorted by dataset and image.
+    ``path`` (and ``image_id`` when the CSV has one, as Kaggle's
+    ``sample_submission.csv`` does), sorted by dataset and image. In the
+    folder layout only image files (``IMAGE_EXTENSIONS``, not hidden) count.
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -128,7 +131,8 @@ def list_datasets(root):
             missing = [c for c in ("dataset", "image") if c not in listing.columns]
             if missing:
                 raise DataLayoutError(f"{csv_path}: missing columns: {', '.join(missing)}")
-            table = listing[["dataset", "image"]].drop_duplicates().copy()
+            keep = ["dataset", "image"] + (["image_id"] if "image_id" in listing.columns else [])
+            table = listing[keep].drop_duplicates(["dataset", "image"]).copy()
             table["path"] = [os.path.join(root, image_dir, d, i)
                              for d, i in zip(table["dataset"], table["image"])]
             break
@@ -136,7 +140,8 @@ def list_datasets(root):
         rows = [(d, i, os.path.join(root, d, i)) for d in sorted(os.listdir(root))
                 if os.path.isdir(os.path.join(root, d))
                 for i in sorted(os.listdir(os.path.join(root, d)))
-                if os.path.isfile(os.path.join(root, d, i))]
+                if os.path.isfile(os.path.join(root, d, i)) and not i.startswith(".")
+                and i.lower().endswith(IMAGE_EXTENSIONS)]
         table = pd.DataFrame(rows, columns=["dataset", "image", "path"])
         csv_path = root
     if table.empty:
@@ -468,9 +473,10 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
     for name, group in table.groupby("dataset", sort=True):
         placed, timings[name], info[name] = reconstruct_dataset(
             name, list(group["path"]), work_dir, config, cache)
-        for image in group["image"]:
+        ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
+        for image_id, image in zip(ids, group["image"]):
             scene, R, t = placed[image]
-            rows.append({"image_id": f"{name}_{image}", "dataset": name, "scene": scene,
+            rows.append({"image_id": image_id, "dataset": name, "scene": scene,
                          "image": image, "rotation_matrix": _join(R), "translation_vector": _join(t)})
     submission = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
     atomic_write_text(out, submission.to_csv(index=False))

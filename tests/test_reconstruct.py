@@ -352,3 +352,27 @@ def test_exif_rotated_photo_registers_with_its_true_viewing_direction(small_run,
         want = np.degrees(np.arccos(np.clip(axis(gt, victim.name) @ axis(gt, other), -1, 1)))
         got = np.degrees(np.arccos(np.clip(axis(sub, victim.name) @ axis(sub, other), -1, 1)))
         assert abs(got - want) < 2.0, (other, got, want)
+
+
+def test_kaggle_test_layout_keeps_the_sample_submission_ids(small_run, tmp_path):
+    import shutil
+
+    gt_file, out, work, _ = small_run
+    bench = tmp_path / "kaggle"
+    shutil.copytree(os.path.join(os.path.dirname(gt_file), "train"), bench / "test")
+    gt = pd.read_csv(gt_file, dtype=str, keep_default_na=False)
+    sample = pd.DataFrame({"image_id": [f"id{k:03d}" for k in range(len(gt))], "dataset": gt["dataset"],
+                           "scene": "x", "image": gt["image"], "rotation_matrix": "nan",
+                           "translation_vector": "nan"})
+    sample.to_csv(bench / "sample_submission.csv", index=False)
+    (bench / "test" / "church_fountain" / ".DS_Store").write_bytes(b"\0")
+    listed = list_datasets(bench)
+    assert sorted(listed["image_id"]) == sorted(sample["image_id"])
+    got = reconstruct(bench, tmp_path / "k.csv", work_dir=work, config=SMALL)["submission"]
+    assert dict(zip(got["image"], got["image_id"])) == dict(zip(sample["image"], sample["image_id"]))
+    before = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert dict(zip(got["image"], got["scene"])) == dict(zip(before["image"], before["scene"]))
+    # the folder layout lists image files only
+    (bench / "test" / "church_fountain" / "notes.txt").write_text("not a photo")
+    plain = list_datasets(bench / "test")
+    assert len(plain) == len(gt) and "image_id" not in plain
