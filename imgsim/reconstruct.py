@@ -228,8 +228,27 @@ def cluster_stage(n, pairs, matches, config):
     return [c for c in connected_components(n, edges) if len(c) >= config.min_cluster_size]
 
 
-def _write_database(database, image_dir, names, features, pairs, matches, camera_mode):
+def _pycolmap():
+    """Import pycolmap, keeping SIGTERM's handler as it was.
+
+    pycolmap's glog installs a failure handler that prints a stack trace for
+    SIGTERM, so a Jupyter kernel stopped the normal way (papermill, nbval)
+    would look as if it had crashed.
+    """
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
     import pycolmap
+
+    try:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    except ValueError:  # not the main thread: leave it
+        pass
+    return pycolmap
+
+
+def _write_database(database, image_dir, names, features, pairs, matches, camera_mode):
+    pycolmap = _pycolmap()
 
     from imgsim.data import displayed_to_stored
 
@@ -274,7 +293,7 @@ def sfm_stage(folder, image_dir, names, features, pairs, matches, config):
     list of dict
         One per model, largest first: ``{name: {"R": 3×3 list, "t": 3 list}}``.
     """
-    import pycolmap
+    pycolmap = _pycolmap()
 
     os.makedirs(folder, exist_ok=True)
     database = os.path.join(folder, "database.db")
