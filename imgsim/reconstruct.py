@@ -26,6 +26,7 @@ scores the same in mAA wherever it is put). Poses follow COLMAP's and IMC's
 convention: a world point X maps to camera coordinates as ``R X + t``.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -161,14 +162,19 @@ def _key(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def embed_stage(paths, config):
-    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised."""
-    from imgsim.model import EmbeddingConfig, build_imagenet_baseline, embed, load_model
+def embedding_model(config):
+    """The global-descriptor model: ``config.model``, else the ImageNet GAP baseline."""
+    from imgsim.model import EmbeddingConfig, build_imagenet_baseline, load_model
 
     if config.model:
-        model = load_model(config.model)
-    else:
-        model = build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
+        return load_model(config.model)
+    return build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
+
+
+def embed_stage(paths, model):
+    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised."""
+    from imgsim.model import embed
+
     return embed(model, list(paths), progress=True)
 
 
@@ -397,8 +403,13 @@ def _load_matches(file):
     return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
-def reconstruct_dataset(name, paths, work_dir, config, cache):
-    """All stages for one dataset; returns ({image name: (scene, R, t)}, timings, info)."""
+def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
+    """All stages for one dataset; returns ({image name: (scene, R, t)}, timings, info).
+
+    ``model`` is a callable returning the embedding model, called only when
+    the embed stage is not on disk yet (default: :func:`embedding_model`).
+    """
+    model = model or (lambda: embedding_model(config))
     names = [os.path.basename(p) for p in paths]
     image_dir = os.path.dirname(paths[0])
     if any(os.path.dirname(p) != image_dir for p in paths):
@@ -420,7 +431,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache):
         atomic_write_json(timings_file, timings)
         return result
 
-    embeddings = run("embed", k_embed, "npy", lambda: embed_stage(paths, config), np.load, _save_npy)
+    embeddings = run("embed", k_embed, "npy", lambda: embed_stage(paths, model()), np.load, _save_npy)
     pairs = run("pairs", k_pairs, "json", lambda: pairs_stage(embeddings, config),
                 lambda f: [tuple(p) for p in read_json(f)], atomic_write_json)
     matches = run("match", k_match, "npz", lambda: match_stage(paths, pairs, config, cache),
@@ -488,10 +499,11 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
     out = os.fspath(out)
     work_dir = os.fspath(work_dir) if work_dir is not None else out + ".work"
     cache = FeatureCache(os.path.join(work_dir, "features"))
+    model = functools.lru_cache(maxsize=1)(lambda: embedding_model(config))  # built once, if needed
     rows, timings, info = [], {}, {}
     for name, group in table.groupby("dataset", sort=True):
         placed, timings[name], info[name] = reconstruct_dataset(
-            name, list(group["path"]), work_dir, config, cache)
+            name, list(group["path"]), work_dir, config, cache, model)
         ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
         for image_id, image in zip(ids, group["image"]):
             scene, R, t = placed[image]
@@ -556,12 +568,19 @@ def build_benchmark(name, out_root, source_root=None, specs_file=BENCHMARKS_FILE
 # --------------------------------------------------------------------------- report
 
 
-def aligned_centres(gt_csv, submission_csv, dataset, scene, cluster):
+def aligned_centres(gt, submission, dataset, scene, cluster):
     """True and predicted centres of one scene's images, the prediction aligned to the truth.
 
     The similarity is Horn's least-squares fit on every image of ``scene``
     that ``cluster`` holds with a pose (a figure of the overall fit; the score
     itself uses RANSAC, :func:`imgsim.imc.register_by_ransac`).
+
+    Parameters
+    ----------
+    gt, submission : pandas.DataFrame
+        As returned by :func:`imgsim.imc.read_submission` (camera centres
+        ``cx, cy, cz``).
+    dataset, scene, cluster : str
 
     Returns
     -------
@@ -569,12 +588,11 @@ def aligned_centres(gt_csv, submission_csv, dataset, scene, cluster):
     the scene; ``predicted`` rows are ``nan`` where the image is not in
     ``cluster`` or unposed, and all ``nan`` with fewer than 3 posed.
     """
-    from imgsim.imc import horn_similarity, read_submission
+    from imgsim.imc import horn_similarity
 
-    gt, sub = read_submission(gt_csv), read_submission(submission_csv)
     g = gt[(gt["dataset"] == dataset) & (gt["scene"] == scene)]
     g = g[np.isfinite(g[["cx", "cy", "cz"]].to_numpy()).all(1)]
-    s = sub[sub["dataset"] == dataset].set_index("image").loc[g["image"]]
+    s = submission[submission["dataset"] == dataset].set_index("image").loc[g["image"]]
     true = g[["cx", "cy", "cz"]].to_numpy()
     pred = s[["cx", "cy", "cz"]].to_numpy().copy()
     pred[(s["scene"] != cluster).to_numpy()] = np.nan
@@ -602,8 +620,9 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
     dict: the metrics written.
     """
     from imgsim import viz
-    from imgsim.imc import score
+    from imgsim.imc import read_submission, score
 
+    gt, submission = read_submission(gt_csv), read_submission(submission_csv)
     result = score(gt_csv, submission_csv, thresholds_csv)
     metrics = {"score": result["score"], "datasets": result["datasets"],
                "timings": run["timings"], "info": run["info"], "wall_s": run["wall_s"],
@@ -615,7 +634,7 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
     for name, d in sorted(result["datasets"].items()):
         for scene, s in sorted(d["scenes"].items()):
             if s["cluster"] is not None:
-                true, pred = aligned_centres(gt_csv, submission_csv, name, scene, s["cluster"])
+                true, pred = aligned_centres(gt, submission, name, scene, s["cluster"])
                 if len(true) >= 3:
                     panels.append((f"{name} / {scene} (mAA {s['maa']:.2f})", true, pred))
     if panels:

@@ -245,6 +245,7 @@ def test_cli_reconstruct_and_bad_root(small_run, tmp_path, capsys):
 
 
 def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
+    from imgsim.imc import read_submission
     from imgsim.reconstruct import aligned_centres, write_report
 
     gt_file, out, _, result = small_run
@@ -259,7 +260,8 @@ def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
     assert d["clusterness"] == 1.0  # no cluster holds an image of another scene (checked above)
     assert metrics["score"] > 80
     for scene, s in d["scenes"].items():
-        true, pred = aligned_centres(gt_file, out, "church_fountain", scene, s["cluster"])
+        true, pred = aligned_centres(read_submission(gt_file), read_submission(out), "church_fountain",
+                                     scene, s["cluster"])
         ok = np.isfinite(pred).all(1)
         spread = np.median(np.linalg.norm(true - true.mean(0), axis=1))
         assert ok.sum() >= len(true) - 1
