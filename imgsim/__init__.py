@@ -3,7 +3,9 @@
 Modules, one concern each: ``data`` (tables, decoding, splits), ``augment``
 (Keras preprocessing layers), ``model`` (the MobileNetV2 embedding), ``losses``
 (semi-hard triplet loss), ``train`` (P×K batches, callbacks, resumable runs),
-``metrics`` (retrieval figures), ``index`` (nearest neighbours), ``cli``.
+``metrics`` (retrieval figures), ``index`` (nearest neighbours), ``sift``,
+``fusion``, ``evaluate``, ``viz``, ``widgets``, ``sweep``, ``reconstruct`` (the
+IMC task), ``imc`` (its score), ``cli``.
 
 Importing :mod:`imgsim` is cheap: Keras and TensorFlow load only when a module
 that needs them is imported.

@@ -220,8 +220,8 @@ def _load(source, name, columns):
         name = os.path.basename(os.fspath(source))
         try:
             df = pd.read_csv(source, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise DataLayoutError(f"{name}: cannot read as CSV ({exc})") from exc
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataLayoutError(f"{name}: cannot read as CSV ({type(exc).__name__}: {exc})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataLayoutError(f"{name}: missing column(s) {', '.join(missing)}")

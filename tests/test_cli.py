@@ -79,3 +79,12 @@ def test_score_verb_prints_the_score_and_names_a_bad_row(tmp_path, capsys):
     assert main(["score", str(gt), str(tmp_path / "bad.csv")]) == 2
     err = capsys.readouterr().err
     assert "bad.csv row 4" in err and "rotation_matrix" in err and "8" in err
+
+
+def test_score_verb_refuses_a_binary_file(tmp_path, capsys):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("dataset,scene,image,rotation_matrix,translation_vector\nd,s,a.jpg,nan,nan\n")
+    (tmp_path / "sub.csv").write_bytes(bytes(range(256)) * 4)
+    assert main(["score", str(gt), str(tmp_path / "sub.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "sub.csv: cannot read as CSV" in err and "Traceback" not in err
