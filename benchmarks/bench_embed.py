@@ -60,7 +60,7 @@ def shared_core_bound(decode_img_s, forward_img_s):
 def throughput(paths, alpha=1.0, size=224, batch_size=32, rounds=5, verbose=True):
     import keras
 
-    from imgsim.data import load_images
+    from imgsim.images import load_images
     from imgsim.model import EmbeddingConfig, build_imagenet_baseline, compile_for_inference, embed
 
     model = build_imagenet_baseline(EmbeddingConfig(alpha=alpha, image_size=size))

@@ -15,7 +15,8 @@ import json, sys, time
 import numpy as np
 import keras
 from imgsim.augment import AugmentConfig, build_augmentation
-from imgsim.data import label_ids, load_images, load_table
+from imgsim.data import label_ids, load_table
+from imgsim.images import load_images
 from imgsim.losses import TripletSemiHardLoss
 from imgsim.model import EmbeddingConfig, build_embedding_model
 from imgsim.train import PKBatches

@@ -1,4 +1,11 @@
-"""Command line: ``imgsim train | embed | demo``. Argument parsing only."""
+"""Command line: ``imgsim VERB [options]``. Argument parsing only; each verb calls one library function.
+
+Start-up stays fast: only the chosen verb's arguments are built, and a verb
+imports what it needs (TensorFlow included) only once it runs, so
+``imgsim --help`` and ``imgsim score --help`` import neither TensorFlow nor
+Keras. ``imgsim train --help`` reads its defaults from ``TrainConfig`` and so
+pays for TensorFlow's import.
+"""
 
 import argparse
 import os
@@ -7,35 +14,77 @@ import sys
 from imgsim.errors import ImgsimError
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with every option's default (none shown where the default is None or a flag)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# --------------------------------------------------------------------------- verbosity
+
+
+def set_verbosity(level):
+    """Quiet (-1), normal (0) or verbose (1) output for the libraries imgsim drives.
+
+    Quiet turns off progress bars (tqdm), TensorFlow's C++ log and COLMAP's;
+    verbose turns TensorFlow's and COLMAP's INFO lines on. Set through the
+    environment, before those libraries load, so worker processes inherit it.
+    """
+    if level < 0:
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        os.environ["GLOG_minloglevel"] = "2"
+    elif level > 0:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ["GLOG_minloglevel"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["IMGSIM_VERBOSITY"] = str(level)
+
+
+# --------------------------------------------------------------------------- train
+
+
 def _add_train_args(parser):
     from imgsim.train import TrainConfig
 
     d = TrainConfig()
-    parser.add_argument("--data", default=d.data, help="data root (IMC 2025 or <scene>/<image>)")
-    parser.add_argument("--runs-dir", default=d.runs_dir)
-    parser.add_argument("--run-name", default=None, help="run folder name (default: config hash)")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--data", default=d.data, help="data root (IMC 2025 layout or <scene>/<image>)")
+    parser.add_argument("--runs-dir", default=d.runs_dir, help="parent folder of run folders")
+    parser.add_argument("--run-name", default=None, help="run folder name (default: a hash of the config)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (early stopping may end sooner)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="batches per epoch (default: training images // (p*k))")
     parser.add_argument("--p", type=int, default=d.p, help="scenes per batch")
     parser.add_argument("--k", type=int, default=d.k, help="images per scene in a batch")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--margin", type=float, default=d.margin)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam learning rate")
+    parser.add_argument("--margin", type=float, default=d.margin, help="triplet margin (unit vectors: distances in [0, 2])")
     parser.add_argument("--distance-metric", default=d.distance_metric,
-                        choices=["L2", "squared-L2", "angular"])
-    parser.add_argument("--patience", type=int, default=d.patience)
+                        choices=["L2", "squared-L2", "angular"], help="distance of the triplet loss")
+    parser.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
     parser.add_argument("--monitor", default=d.monitor,
-                        choices=["val_map_at_r", "val_precision_at_1", "val_loss"])
-    parser.add_argument("--pca-copies", type=int, default=d.pca_copies)
-    parser.add_argument("--head-init", default=d.embedding.head_init, choices=["pca", "random"])
-    parser.add_argument("--alpha", type=float, default=d.embedding.alpha)
-    parser.add_argument("--image-size", type=int, default=d.embedding.image_size)
-    parser.add_argument("--trainable-layers", type=int, default=d.embedding.trainable_layers)
-    parser.add_argument("--embedding-dim", type=int, default=d.embedding.embedding_dim)
-    parser.add_argument("--augment-strength", type=float, default=d.augment.strength)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--split-seed", type=int, default=d.split_seed)
-    parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"])
-    parser.add_argument("--workers", type=int, default=d.workers)
+                        choices=["val_map_at_r", "val_precision_at_1", "val_loss"],
+                        help="validation figure that picks best.keras and stops early")
+    parser.add_argument("--pca-copies", type=int, default=d.pca_copies,
+                        help="augmented copies per image in the head's PCA initialisation")
+    parser.add_argument("--head-init", default=d.embedding.head_init, choices=["pca", "random"],
+                        help="initialisation of the dense head")
+    parser.add_argument("--alpha", type=float, default=d.embedding.alpha, help="MobileNetV2 width multiplier")
+    parser.add_argument("--image-size", type=int, default=d.embedding.image_size, help="input side in pixels")
+    parser.add_argument("--trainable-layers", type=int, default=d.embedding.trainable_layers,
+                        help="last backbone layers fine-tuned")
+    parser.add_argument("--embedding-dim", type=int, default=d.embedding.embedding_dim,
+                        help="embedding size (the hidden layer is twice this)")
+    parser.add_argument("--augment-strength", type=float, default=d.augment.strength,
+                        help="scales every augmentation (0: none)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="batch sampling, augmentation and init")
+    parser.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the split by scene")
+    parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"],
+                        help="bad image files: stop, or skip and count them in the log")
+    parser.add_argument("--workers", type=int, default=d.workers, help="batch-loading threads")
 
 
 def _train_config(args):
@@ -62,11 +111,42 @@ def cmd_train(args):
     fit(_train_config(args))
 
 
+# --------------------------------------------------------------------------- embed
+
+
+def _add_embed_args(p):
+    p.add_argument("folder", help="data folder (IMC 2025 layout or <scene>/<image>)")
+    p.add_argument("--model", default=None,
+                   help="a .keras model (default: ImageNet MobileNetV2 GAP features)")
+    p.add_argument("--out", default="embeddings.npz", help="output .npz (paths, labels, embeddings)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
+
+
 def cmd_embed(args):
     from imgsim.model import embed_folder
 
     embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
                  image_size=args.image_size)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate_args(p):
+    p.add_argument("--run", default=None, help="run folder (default: the ImageNet baseline)")
+    p.add_argument("--data", default=None, help="data root (default: the run's)")
+    p.add_argument("--report-dir", default=None, help="report folder (default: reports/<run name>)")
+    p.add_argument("--protocols", nargs="+", default=["hard", "easy"], choices=["hard", "easy"],
+                   help="negative-pair protocols")
+    p.add_argument("--max-pairs", type=int, default=60, help="positive pairs per dataset")
+    p.add_argument("--image-size", type=int, default=224, help="ImageNet baseline input size")
+    p.add_argument("--sift-features", type=int, default=4000, help="SIFT features per image")
+    p.add_argument("--sift-max-side", type=int, default=1024, help="longest side SIFT sees, in pixels")
+    p.add_argument("--cache-dir", default=None, help="SIFT feature cache folder (default: user cache)")
+    p.add_argument("--no-sift-retrieval", action="store_true",
+                   help="skip ranking all test pairs by SIFT inliers (n^2/2 matchings)")
+    p.add_argument("--workers", type=int, default=2, help="matching processes")
 
 
 def cmd_evaluate(args):
@@ -80,6 +160,18 @@ def cmd_evaluate(args):
         sift=SiftConfig(max_side=args.sift_max_side, n_features=args.sift_features)))
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+def _add_sweep_args(p):
+    p.add_argument("experiment", help="experiments/<name>.yaml")
+    p.add_argument("--out-root", default=os.path.join("reports", "sweeps"),
+                   help="runs go to <out-root>/<name>/<run-id>/")
+    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://HOST:PORT)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+
+
 def cmd_sweep(args):
     from imgsim.sweep import sweep
 
@@ -91,10 +183,28 @@ def cmd_sweep(args):
     return 1 if result["failed"] else 0
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve_args(p):
+    p.add_argument("--port", type=int, default=8866, help="port Voilà listens on")
+    p.add_argument("--ip", default="127.0.0.1", help="address Voilà listens on")
+    p.add_argument("--notebook", default=None, help="inspector notebook (default: notebooks/04_pair_inspector.ipynb)")
+
+
 def cmd_serve(args):
     from imgsim.widgets import serve
 
     return serve(args.notebook, port=args.port, ip=args.ip)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo_args(p):
+    p.add_argument("--runs-dir", default="runs", help="parent folder of the demo's run folder")
+    p.add_argument("--report-dir", default=os.path.join("reports", "demo"), help="where the table goes")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
 
 def cmd_demo(args):
@@ -106,6 +216,28 @@ def cmd_demo(args):
     if args.epochs:
         config.train.epochs = args.epochs
     run_demo(config)
+
+
+# --------------------------------------------------------------------------- reconstruct
+
+
+def _add_reconstruct_args(p):
+    p.add_argument("data_root", help="IMC folder (train_labels.csv or sample_submission.csv) "
+                   "or <dataset>/<image> folders")
+    p.add_argument("--out", default="submission.csv", help="the submission CSV")
+    p.add_argument("--work-dir", default=None, help="stage outputs, resumable (default: <out>.work)")
+    p.add_argument("--datasets", nargs="+", default=None, help="only these datasets")
+    p.add_argument("--shortlist-k", type=int, default=10, help="neighbours per image by embedding")
+    p.add_argument("--all-pairs", action="store_true", help="match all pairs (no shortlist)")
+    p.add_argument("--all-pairs-up-to", type=int, default=20,
+                   help="datasets this small match all pairs anyway")
+    p.add_argument("--min-inliers", type=int, default=30, help="verified matches for a graph edge")
+    p.add_argument("--min-cluster-size", type=int, default=3, help="smaller clusters are outliers")
+    p.add_argument("--model", default=None, help="a .keras model (default: ImageNet GAP)")
+    p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
+    p.add_argument("--sift-features", type=int, default=4000, help="SIFT features per image")
+    p.add_argument("--sift-max-side", type=int, default=1024, help="longest side SIFT sees, in pixels")
+    p.add_argument("--processes", type=int, default=None, help="matching processes and COLMAP threads (default: every core)")
 
 
 def cmd_reconstruct(args):
@@ -123,6 +255,15 @@ def cmd_reconstruct(args):
           f"{result['wall_s']:.1f} s")
 
 
+# --------------------------------------------------------------------------- score
+
+
+def _add_score_args(p):
+    p.add_argument("gt", help="ground truth, train_labels.csv form")
+    p.add_argument("submission", help="submission CSV (Kaggle form)")
+    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
+
+
 def cmd_score(args):
     from imgsim.imc import score
 
@@ -133,79 +274,51 @@ def cmd_score(args):
     print(f"IMC score: {result['score']:.2f}")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="imgsim", description="image similarity toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train (or resume) a triplet embedding run")
-    _add_train_args(p)
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("embed", help="embed every image under a folder into an .npz")
-    p.add_argument("folder")
-    p.add_argument("--model", default=None,
-                   help="a .keras model (default: ImageNet MobileNetV2 GAP features)")
-    p.add_argument("--out", default="embeddings.npz")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224, help="only for the ImageNet default")
-    p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("evaluate", help="deep vs SIFT vs fused report on held-out scenes")
-    p.add_argument("--run", default=None, help="run folder (default: ImageNet baseline)")
-    p.add_argument("--data", default=None, help="data root (default: the run's)")
-    p.add_argument("--report-dir", default=None, help="default reports/<run name>")
-    p.add_argument("--protocols", nargs="+", default=["hard", "easy"], choices=["hard", "easy"])
-    p.add_argument("--max-pairs", type=int, default=60, help="positive pairs per dataset")
-    p.add_argument("--image-size", type=int, default=224, help="ImageNet baseline input size")
-    p.add_argument("--sift-features", type=int, default=4000)
-    p.add_argument("--sift-max-side", type=int, default=1024)
-    p.add_argument("--cache-dir", default=None, help="SIFT feature cache folder")
-    p.add_argument("--no-sift-retrieval", action="store_true",
-                   help="skip ranking all test pairs by SIFT inliers (n^2/2 matchings)")
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("sweep", help="run an experiments/<name>.yaml sweep with papermill on Dask")
-    p.add_argument("experiment")
-    p.add_argument("--out-root", default=os.path.join("reports", "sweeps"))
-    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
-    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
-    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("serve", help="serve the pair inspector as a web app (Voilà)")
-    p.add_argument("--port", type=int, default=8866)
-    p.add_argument("--ip", default="127.0.0.1")
-    p.add_argument("--notebook", default=None, help="default notebooks/04_pair_inspector.ipynb")
-    p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("demo", help="train on the embedded sample, compare with ImageNet")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--report-dir", default=os.path.join("reports", "demo"))
-    p.add_argument("--epochs", type=int, default=None)
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("reconstruct", help="IMC task: cluster scenes and pose images (pycolmap)")
-    p.add_argument("data_root", help="IMC folder (train_labels.csv or sample_submission.csv) "
-                   "or <dataset>/<image> folders")
-    p.add_argument("--out", default="submission.csv")
-    p.add_argument("--work-dir", default=None, help="stage outputs, resumable (default <out>.work)")
-    p.add_argument("--datasets", nargs="+", default=None)
-    p.add_argument("--shortlist-k", type=int, default=10, help="neighbours per image by embedding")
-    p.add_argument("--all-pairs", action="store_true", help="match all pairs (no shortlist)")
-    p.add_argument("--all-pairs-up-to", type=int, default=20)
-    p.add_argument("--min-inliers", type=int, default=30)
-    p.add_argument("--min-cluster-size", type=int, default=3)
-    p.add_argument("--model", default=None, help="a .keras model (default: ImageNet GAP)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--sift-features", type=int, default=4000)
-    p.add_argument("--sift-max-side", type=int, default=1024)
-    p.add_argument("--processes", type=int, default=None)
-    p.set_defaults(func=cmd_reconstruct)
-    p = sub.add_parser("score", help="IMC 2025 score of a submission against ground truth")
-    p.add_argument("gt", help="ground truth, train_labels.csv form")
-    p.add_argument("submission")
-    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
-    p.set_defaults(func=cmd_score)
+# --------------------------------------------------------------------------- parser
+
+# verb -> (one-line help, function adding its arguments, function running it)
+VERBS = {
+    "train": ("train (or resume) a triplet embedding run", _add_train_args, cmd_train),
+    "embed": ("embed every image under a folder into an .npz", _add_embed_args, cmd_embed),
+    "evaluate": ("deep vs SIFT vs fused report on held-out scenes", _add_evaluate_args, cmd_evaluate),
+    "sweep": ("run an experiments/<name>.yaml sweep with papermill on Dask", _add_sweep_args, cmd_sweep),
+    "serve": ("serve the pair inspector as a web app (Voilà)", _add_serve_args, cmd_serve),
+    "demo": ("train on the embedded sample, compare with ImageNet", _add_demo_args, cmd_demo),
+    "reconstruct": ("IMC task: cluster scenes and pose images (pycolmap)", _add_reconstruct_args,
+                    cmd_reconstruct),
+    "score": ("IMC 2025 score of a submission against ground truth", _add_score_args, cmd_score),
+}
+
+
+def _chosen_verb(argv):
+    """The verb named in ``argv`` (the first word that is one), or None."""
+    return next((word for word in argv if word in VERBS), None)
+
+
+def build_parser(argv=None):
+    """The parser; only the verb named in ``argv`` (all verbs when None) gets its arguments."""
+    verb = _chosen_verb(argv) if argv is not None else None
+    parser = argparse.ArgumentParser(prog="imgsim", description="image similarity toolkit",
+                                     formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    for name, (help_text, add_args, run) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+        if argv is None or name == verb:
+            add_args(p)
+            loud = p.add_mutually_exclusive_group()
+            loud.add_argument("-q", "--quiet", action="store_true",
+                              help="results and errors only: no progress bars or library logs")
+            loud.add_argument("-v", "--verbose", action="store_true",
+                              help="library logs too (TensorFlow, COLMAP)")
+        p.set_defaults(func=run)
     return parser
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before the parser: building train's arguments imports TensorFlow.
+    set_verbosity(-1 if {"-q", "--quiet"} & set(argv) else 1 if {"-v", "--verbose"} & set(argv) else 0)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args) or 0
     except ImgsimError as exc:

@@ -13,7 +13,7 @@
                   grid, keypoints, inlier/outlier matches of a positive and a
                   negative pair, a 2-D projection of the embeddings
 
-Protocol. Pairs come from :func:`imgsim.data.make_pairs` over the run's
+Protocol. Pairs come from :func:`imgsim.pairs.make_pairs` over the run's
 validation scenes and, separately, its test scenes (never a training scene).
 Every threshold and the fusion model are fitted on validation pairs and
 applied unchanged to test pairs. Retrieval and clustering use the test images
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from imgsim import data as data_mod
+from imgsim import pairs as pairs_mod
 from imgsim import metrics
 from imgsim.config import DictConfig
 from imgsim.fileio import atomic_write_json, atomic_write_text, read_json
@@ -95,10 +96,10 @@ class EvalConfig(DictConfig):
             self.sift = SiftConfig.from_dict(self.sift)
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
-        bad = [p for p in self.protocols if p not in data_mod.PROTOCOLS]
+        bad = [p for p in self.protocols if p not in pairs_mod.PROTOCOLS]
         if bad or not self.protocols:
             from imgsim.errors import ConfigError
-            raise ConfigError(f"protocols must be a non-empty subset of {data_mod.PROTOCOLS}, got {self.protocols}")
+            raise ConfigError(f"protocols must be a non-empty subset of {pairs_mod.PROTOCOLS}, got {self.protocols}")
 
 
 # --------------------------------------------------------------------------- evidence
@@ -186,7 +187,7 @@ def _verification(evidence, table, split, protocol, config):
     """Fit fusion and thresholds on validation pairs; verification figures on test pairs."""
     parts = {}
     for part in ("val", "test"):
-        pairs = data_mod.make_pairs(table, getattr(split, part), protocol,
+        pairs = pairs_mod.make_pairs(table, getattr(split, part), protocol,
                                     config.max_pairs_per_dataset, config.seed)
         parts[part] = (pairs, *evidence.pair_table(pairs))
     val_pairs, *val_evidence = parts["val"]
@@ -258,7 +259,7 @@ def evaluate(config=None):
     headline = protocols["hard" if "hard" in protocols else config.protocols[0]]
 
     rows = data_mod.select(table, split.test)
-    rows = pd.concat([rows, data_mod.stand_in_outliers(table, split.test, config.seed)],
+    rows = pd.concat([rows, pairs_mod.stand_in_outliers(table, split.test, config.seed)],
                      ignore_index=True)
     labels = data_mod.label_ids(rows)
     scenes = np.where(rows["scene"] == data_mod.OUTLIERS, data_mod.OUTLIERS,
@@ -313,7 +314,7 @@ def summary_markdown(result):
 def write_figures(report_dir, evidence, headline, protocols, rows, dist, labels, n_queries=6):
     """Draw the report's PNG figures from what the evaluation computed."""
     from imgsim import viz
-    from imgsim.data import load_image
+    from imgsim.images import load_image
 
     def save(fig, name):
         viz.save_figure(fig, os.path.join(report_dir, name))

@@ -567,7 +567,7 @@ def embed(model, images, batch_size=32, progress=False, engine="keras"):
         :func:`load_model`, or already compiled by :func:`compile_for_inference`
         (then ``engine`` is ignored).
     images : sequence of paths, or array of shape (n, h, w, 3)
-        Paths are decoded with :func:`imgsim.data.load_image` (EXIF applied)
+        Paths are decoded with :func:`imgsim.images.load_image` (EXIF applied)
         and resized to the model's input size; arrays are cast to uint8 and,
         if of another size, resized.
     batch_size : int
@@ -583,7 +583,7 @@ def embed(model, images, batch_size=32, progress=False, engine="keras"):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from imgsim.data import load_image, load_images, resize
+    from imgsim.images import load_image, load_images, resize
 
     forward = compile_for_inference(model, model.engine if isinstance(model, InferenceModel)
                                     else engine)

@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 
 from imgsim.config import DictConfig
-from imgsim.data import IMAGE_EXTENSIONS
+from imgsim.images import IMAGE_EXTENSIONS
 from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.graph import connected_components
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.sift import FeatureCache, SiftConfig
 
@@ -197,37 +198,6 @@ def match_stage(paths, pairs, config, cache):
     return [inliers for _, inliers in results]
 
 
-def connected_components(n, edges):
-    """Connected components of an undirected graph, largest first.
-
-    Parameters
-    ----------
-    n : int
-        Number of nodes 0 … n-1.
-    edges : iterable of (int, int)
-
-    Returns
-    -------
-    list of sorted lists of node ids; ties in size ordered by smallest id.
-    """
-    parent = list(range(n))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups = {}
-    for node in range(n):
-        groups.setdefault(find(node), []).append(node)
-    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
-
-
 def cluster_stage(n, pairs, matches, config):
     """Components of the verified-match graph with at least ``min_cluster_size`` images."""
     edges = [pair for pair, m in zip(pairs, matches) if len(m) >= config.min_inliers]
@@ -256,7 +226,7 @@ def _pycolmap():
 def _write_database(database, image_dir, names, features, pairs, matches, camera_mode):
     pycolmap = _pycolmap()
 
-    from imgsim.data import displayed_to_stored
+    from imgsim.images import displayed_to_stored
 
     modes = {"auto": pycolmap.CameraMode.AUTO, "single": pycolmap.CameraMode.SINGLE,
              "per_image": pycolmap.CameraMode.PER_IMAGE}
@@ -515,148 +485,3 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
               "config": config.to_dict()}
     atomic_write_json(os.path.join(work_dir, "run.json"), result)
     return {"submission": submission, **result}
-
-
-# --------------------------------------------------------------------------- benchmark data
-
-BENCHMARKS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "data", "imc", "benchmarks.yaml")
-
-
-def build_benchmark(name, out_root, source_root=None, specs_file=BENCHMARKS_FILE):
-    """Build the IMC-style benchmark ``name`` of ``specs_file`` into ``out_root``.
-
-    Parameters
-    ----------
-    name : str
-        A key of ``specs_file`` (``data/imc/benchmarks.yaml``: ``small`` from
-        the embedded sample, ``full`` from the full photo collection).
-    out_root : str or path
-        Receives ``train_labels.csv`` (the ground truth, scene ``outliers``
-        for outlier photos) and ``train/<dataset>/<image>``. If it already
-        holds a ``train_labels.csv`` the benchmark is taken as built.
-    source_root : str or path, optional
-        The posed photo collection (IMC layout); required for specs whose
-        ``source`` is ``data``; ``sample`` specs use the embedded sample.
-
-    Returns
-    -------
-    str: the ground-truth CSV path.
-    """
-    import yaml
-
-    from imgsim.data import SAMPLE_DATA, load_table, make_imc_benchmark
-
-    with open(specs_file) as f:
-        specs = yaml.safe_load(f)
-    if name not in specs:
-        raise ConfigError(f"{specs_file}: no benchmark {name!r}; have {', '.join(specs)}")
-    spec = specs[name]
-    labels = os.path.join(os.fspath(out_root), "train_labels.csv")
-    if os.path.exists(labels):
-        return labels
-    if spec["source"] == "sample":
-        source_root = SAMPLE_DATA
-    elif source_root is None:
-        raise ConfigError(f"benchmark {name!r} is built from the full photo collection: "
-                          "pass source_root (for example $IMGSIM_DATA)")
-    make_imc_benchmark(load_table(source_root), out_root, spec["datasets"], seed=spec.get("seed", 0),
-                       reserve=spec.get("reserve", ()))
-    return labels
-
-
-# --------------------------------------------------------------------------- report
-
-
-def aligned_centres(gt, submission, dataset, scene, cluster):
-    """True and predicted centres of one scene's images, the prediction aligned to the truth.
-
-    The similarity is Horn's least-squares fit on every image of ``scene``
-    that ``cluster`` holds with a pose (a figure of the overall fit; the score
-    itself uses RANSAC, :func:`imgsim.imc.register_by_ransac`).
-
-    Parameters
-    ----------
-    gt, submission : pandas.DataFrame
-        As returned by :func:`imgsim.imc.read_submission` (camera centres
-        ``cx, cy, cz``).
-    dataset, scene, cluster : str
-
-    Returns
-    -------
-    true, predicted : arrays of shape (n, 3), n = posed ground-truth images of
-    the scene; ``predicted`` rows are ``nan`` where the image is not in
-    ``cluster`` or unposed, and all ``nan`` with fewer than 3 posed.
-    """
-    from imgsim.imc import horn_similarity
-
-    g = gt[(gt["dataset"] == dataset) & (gt["scene"] == scene)]
-    g = g[np.isfinite(g[["cx", "cy", "cz"]].to_numpy()).all(1)]
-    s = submission[submission["dataset"] == dataset].set_index("image").loc[g["image"]]
-    true = g[["cx", "cy", "cz"]].to_numpy()
-    pred = s[["cx", "cy", "cz"]].to_numpy().copy()
-    pred[(s["scene"] != cluster).to_numpy()] = np.nan
-    ok = np.isfinite(pred).all(1)
-    if ok.sum() < 3:
-        return true, np.full_like(true, np.nan)
-    scale, R, t = horn_similarity(pred[ok], true[ok])
-    return true, scale * pred @ R.T + t
-
-
-def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
-    """Score a submission and write ``metrics.json``, ``summary.md`` and ``camera_centres.png``.
-
-    Parameters
-    ----------
-    gt_csv, submission_csv : path
-    run : dict
-        :func:`reconstruct`'s result (timings, counts, wall time).
-    report_dir : path
-    thresholds_csv : path, optional
-        See :func:`imgsim.imc.score`.
-
-    Returns
-    -------
-    dict: the metrics written.
-    """
-    from imgsim import viz
-    from imgsim.imc import read_submission, score
-
-    gt, submission = read_submission(gt_csv), read_submission(submission_csv)
-    result = score(gt_csv, submission_csv, thresholds_csv)
-    metrics = {"score": result["score"], "datasets": result["datasets"],
-               "timings": run["timings"], "info": run["info"], "wall_s": run["wall_s"],
-               "config": run.get("config")}
-    os.makedirs(report_dir, exist_ok=True)
-    atomic_write_json(os.path.join(report_dir, "metrics.json"), metrics)
-    atomic_write_text(os.path.join(report_dir, "summary.md"), summary_markdown(metrics))
-    panels = []
-    for name, d in sorted(result["datasets"].items()):
-        for scene, s in sorted(d["scenes"].items()):
-            if s["cluster"] is not None:
-                true, pred = aligned_centres(gt, submission, name, scene, s["cluster"])
-                if len(true) >= 3:
-                    panels.append((f"{name} / {scene} (mAA {s['maa']:.2f})", true, pred))
-    if panels:
-        viz.save_figure(viz.camera_centres(panels), os.path.join(report_dir, "camera_centres.png"))
-    return metrics
-
-
-def summary_markdown(metrics):
-    """Markdown tables of a :func:`write_report` result: datasets, then scenes."""
-    lines = [f"**IMC score: {metrics['score']:.2f}** (wall time {metrics['wall_s']:.1f} s)", "",
-             "| dataset | score | mAA | clusterness | registered / images (incl. outliers) | pairs | "
-             + " | ".join(f"{s} s" for s in STAGES) + " |",
-             "|---" * (6 + len(STAGES)) + "|"]
-    for name, d in sorted(metrics["datasets"].items()):
-        info, timing = metrics["info"][name], metrics["timings"][name]
-        lines.append(f"| {name} | {100 * d['score']:.2f} | {d['maa']:.3f} | {d['clusterness']:.3f} | "
-                     f"{info['registered']} / {info['images']} | {info['pairs']} | "
-                     + " | ".join(f"{timing.get(s, 0):.1f}" for s in STAGES) + " |")
-    lines += ["", "| dataset | scene | cluster | mAA | clusterness | registered / images |",
-              "|---|---|---|---|---|---|"]
-    for name, d in sorted(metrics["datasets"].items()):
-        for scene, s in sorted(d["scenes"].items()):
-            lines.append(f"| {name} | {scene} | {s['cluster'] or '–'} | {s['maa']:.3f} | "
-                         f"{s['clusterness']:.3f} | {s['registered']} / {s['total']} |")
-    return "\n".join(lines) + "\n"

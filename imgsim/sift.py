@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from imgsim.config import DictConfig
-from imgsim.data import MIN_SIDE, file_digest, load_image
+from imgsim.images import MIN_SIDE, file_digest, load_image
 from imgsim.errors import ConfigError
 from imgsim.fileio import atomic_write_bytes
 
@@ -199,7 +199,7 @@ def extract(image, config=None):
     Parameters
     ----------
     image : str, path or numpy.ndarray
-        A file (decoded by :func:`imgsim.data.load_image`: EXIF orientation,
+        A file (decoded by :func:`imgsim.images.load_image`: EXIF orientation,
         every colour mode, clear errors for bad files), an (h, w, 3) uint8 RGB
         array or an (h, w) uint8 gray array.
     config : SiftConfig, optional

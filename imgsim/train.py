@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgsim import data as data_mod
+from imgsim import images as images_mod
 from imgsim.augment import AugmentConfig
 from imgsim.config import DictConfig
 from imgsim.errors import ConfigError
@@ -121,8 +122,8 @@ class TrainConfig(DictConfig):
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.on_error not in data_mod.ON_ERROR:
-            raise ConfigError(f"on_error must be one of {data_mod.ON_ERROR}, got {self.on_error!r}")
+        if self.on_error not in images_mod.ON_ERROR:
+            raise ConfigError(f"on_error must be one of {images_mod.ON_ERROR}, got {self.on_error!r}")
 
 
     def run_id(self):
@@ -380,14 +381,14 @@ def devices():
 
 def prepare_data(config, log):
     """Table, split and decoded train/val arrays of a run (bad files handled per ``on_error``)."""
-    bad = data_mod.BadFiles()
+    bad = images_mod.BadFiles()
     table = data_mod.load_table(config.data, on_error=config.on_error, bad=bad)
     split = data_mod.split_scenes(table, config.val_fraction, config.test_fraction, config.split_seed)
     size = config.embedding.image_size
     parts = {}
     for part in ("train", "val"):
         rows = data_mod.select(table, getattr(split, part))
-        images, ok = data_mod.load_images(rows["path"], size, on_error=config.on_error, bad=bad,
+        images, ok = images_mod.load_images(rows["path"], size, on_error=config.on_error, bad=bad,
                                           workers=max(2, config.workers), progress=False)
         parts[part] = (images, data_mod.label_ids(rows)[ok])
     if len(bad):

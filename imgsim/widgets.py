@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from imgsim import data as data_mod
+from imgsim import images as images_mod
 from imgsim.errors import ImageDecodeError, ImgsimError
 from imgsim.model import distance, embed, similarity_percent
 from imgsim.sift import SiftConfig, pair_matches
@@ -70,7 +71,7 @@ def compare_pair(model, image_a, image_b, sift_config=None, fusion=None, scale=5
     """
     from imgsim.fusion import pair_features
 
-    load = lambda x: data_mod.load_image(x) if isinstance(x, (str, os.PathLike)) else x  # noqa: E731
+    load = lambda x: images_mod.load_image(x) if isinstance(x, (str, os.PathLike)) else x  # noqa: E731
     a, b = load(image_a), load(image_b)
     # Embed from the sources themselves: paths go through embed's own decoding, exactly as
     # imgsim.model.embed(model, [path_a, path_b]) would compute them.
@@ -96,7 +97,7 @@ def verdicts(result, thresholds, methods=("dl", "sift", "fused")):
     return {m: (None if scores[m] is None else bool(scores[m] >= thresholds[m])) for m in methods}
 
 
-def check_upload(name, content, max_bytes=MAX_UPLOAD_BYTES, min_side=data_mod.MIN_SIDE):
+def check_upload(name, content, max_bytes=MAX_UPLOAD_BYTES, min_side=images_mod.MIN_SIDE):
     """Decode an uploaded file in memory (never written under its own name).
 
     Returns the RGB array, or raises :class:`~imgsim.errors.ImageDecodeError`
@@ -107,7 +108,7 @@ def check_upload(name, content, max_bytes=MAX_UPLOAD_BYTES, min_side=data_mod.MI
     if len(content) > max_bytes:
         raise ImageDecodeError(f"{label}: file is {len(content) / 2**20:.1f} MB, over the "
                                f"{max_bytes / 2**20:.0f} MB limit")
-    return data_mod.decode_image_bytes(bytes(content), label, min_side=min_side)
+    return images_mod.decode_image_bytes(bytes(content), label, min_side=min_side)
 
 
 def _png(fig):
@@ -373,10 +374,10 @@ def _show_nearest_grid(inspector, k=5):
     found = inspector.nearest(image, k + 1)
     query_scene = None if not isinstance(image, str) else inspector.table.loc[
         inspector.table["path"] == image, "scene"].iloc[0]
-    thumbs = [(data_mod.load_image(p, 128), s == query_scene, f"{sim:.1f} %")
+    thumbs = [(images_mod.load_image(p, 128), s == query_scene, f"{sim:.1f} %")
               for p, s, sim in zip(found["path"], found["scene"], found["similarity"])
               if p != image][:k]
-    query = data_mod.load_image(image, 128) if isinstance(image, str) else data_mod.resize(image, 128)
+    query = images_mod.load_image(image, 128) if isinstance(image, str) else images_mod.resize(image, 128)
     return _png(viz.neighbour_grid([(query, thumbs)]))
 
 

@@ -1,4 +1,4 @@
-"""Tables, splits, decoding of every colour mode, and the bad-input errors with their exact messages."""
+"""Tables, splits, and the bad-input errors with their exact messages."""
 
 import csv
 import io
@@ -11,15 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLE, shared_path
-from imgsim.data import (
-    BadFiles,
-    label_ids,
-    load_image,
-    load_images,
-    load_table,
-    select,
-    split_scenes,
-)
+from imgsim.data import label_ids, load_table, select, split_scenes
+from imgsim.images import BadFiles, load_image, load_images
 from imgsim.errors import ConfigError, DataLayoutError, ImageDecodeError
 
 
@@ -98,83 +91,6 @@ def test_outliers_never_in_a_split_and_always_lone_labels(mini_imc):
     outlier_ids = ids[(test["scene"] == "outliers").to_numpy()]
     assert len(outlier_ids) == 2 and len(set(outlier_ids)) == 2
     assert not set(outlier_ids) & set(ids[(test["scene"] != "outliers").to_numpy()])
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    base = rgb_pattern()
-    expected = {1: base, 2: base[:, ::-1], 3: base[::-1, ::-1], 6: np.rot90(base, k=-1),
-                8: np.rot90(base, k=1)}
-    for orientation, want in expected.items():
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        path = tmp_path / f"o{orientation}.png"
-        Image.fromarray(base).save(path, exif=exif)
-        np.testing.assert_array_equal(load_image(path), want, err_msg=f"orientation {orientation}")
-
-
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_displayed_to_stored_points_at_the_same_pixel(tmp_path, orientation):
-    from imgsim.data import displayed_to_stored
-
-    stored = np.random.default_rng(orientation).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    path = tmp_path / "o.png"
-    Image.fromarray(stored).save(path, exif=exif)
-    shown = load_image(path)
-    ys, xs = np.mgrid[0:shown.shape[0], 0:shown.shape[1]]
-    points = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    back = displayed_to_stored(points, path)
-    assert np.allclose(back, np.rint(back))  # pixel centres land on pixel centres
-    back = np.rint(back).astype(int)
-    np.testing.assert_array_equal(stored[back[:, 1], back[:, 0]], shown[points[:, 1], points[:, 0]])
-
-
-def test_colour_modes_become_8_bit_rgb(tmp_path):
-    base = rgb_pattern()
-    gray = base[..., 0]
-    cases = {}
-    Image.fromarray(gray, "L").save(tmp_path / "l.png")
-    cases["l.png"] = np.repeat(gray[..., None], 3, axis=2)
-    Image.fromarray(np.dstack([gray, base[..., 1]]), "LA").save(tmp_path / "la.png")
-    cases["la.png"] = np.repeat(gray[..., None], 3, axis=2)
-    Image.fromarray(np.dstack([base, base[..., :1]]), "RGBA").save(tmp_path / "rgba.png")
-    cases["rgba.png"] = base
-    palette = np.random.default_rng(0).integers(0, 256, size=(256, 3), dtype=np.uint8)
-    indices = (base[..., 0] // 16).astype(np.uint8)
-    p = Image.fromarray(indices, "P")
-    p.putpalette(palette.ravel().tolist())
-    p.save(tmp_path / "p.png")
-    cases["p.png"] = palette[indices]
-    sixteen = (gray.astype(np.uint32) * 257 + 7).astype(np.uint16)
-    Image.fromarray(sixteen).save(tmp_path / "g16.png")
-    cases["g16.png"] = np.repeat(np.round(sixteen / 65535 * 255).astype(np.uint8)[..., None], 3, 2)
-    Image.fromarray(base).convert("CMYK").save(tmp_path / "cmyk.tif")
-    cases["cmyk.tif"] = base  # RGB → CMYK with K = 0 is exactly invertible
-    Image.fromarray(gray > 100).save(tmp_path / "bw.png")
-    cases["bw.png"] = np.repeat(np.where(gray > 100, 255, 0).astype(np.uint8)[..., None], 3, 2)
-    for name, want in cases.items():
-        got = load_image(tmp_path / name)
-        assert got.dtype == np.uint8 and got.shape == base.shape, name
-        np.testing.assert_array_equal(got, want, err_msg=name)
-
-
-def test_resize_keeps_whole_image(photo_path):
-    img = load_image(photo_path, size=(40, 50))
-    assert img.shape == (40, 50, 3) and img.dtype == np.uint8
-    big = load_image(photo_path)
-    # A resized flat-mean check: the whole picture is kept, not a crop.
-    assert abs(img.mean() - big.mean()) < 3.0
-
-
-def test_load_images_parallel_equals_one_by_one(sample_root):
-    paths = list(load_table(sample_root)["path"][:6])
-    batch, ok = load_images(paths, 64)
-    assert ok.all()
-    np.testing.assert_array_equal(batch, np.stack([load_image(p, 64) for p in paths]))
 
 
 # --------------------------------------------------------------------------- bad input
@@ -329,49 +245,3 @@ def test_skip_mode_drops_and_counts_bad_files(mini_imc):
     assert f"{table['path'][7]}: not an image" in bad.summary().splitlines()
     with pytest.raises(ConfigError, match="on_error must be one of"):
         load_table(mini_imc, on_error="ignore")
-
-
-# --------------------------------------------------------------------------- pair sets
-
-
-def test_hard_pairs_over_every_shared_scene_match_the_measured_anchor():
-    """All 65 scenes, hard protocol, ≤ 60 + 60 per dataset: 364 + 364 pairs (issue 3's anchor)."""
-    from imgsim.data import make_pairs, scene_keys
-
-    table = load_table(shared_path("data"))
-    pairs = make_pairs(table, sorted(set(scene_keys(table))), "hard")
-    assert (pairs["label"] == 1).sum() == 364 and (pairs["label"] == 0).sum() == 364
-
-
-@pytest.mark.parametrize("protocol", ["hard", "easy"])
-def test_pair_sets_are_correct_balanced_and_seeded(protocol):
-    from imgsim.data import make_pairs
-
-    table = load_table(shared_path("data"))
-    split = split_scenes(table, seed=0)
-    pairs = make_pairs(table, split.test, protocol, max_pairs_per_dataset=20, seed=5)
-    key = lambda d, s: d + "/" + s  # noqa: E731
-    ka = [key(d, s) for d, s in zip(pairs["dataset_a"], pairs["scene_a"])]
-    kb = [key(d, s) for d, s in zip(pairs["dataset_b"], pairs["scene_b"])]
-    same = np.array([a == b for a, b in zip(ka, kb)])
-    np.testing.assert_array_equal(same, pairs["label"].to_numpy() == 1)
-    assert not (pairs["scene_a"] == "outliers").any()  # the first image is always evaluated
-    assert set(ka) <= set(split.test)
-    # Second images: evaluated scenes, or a stand-in outlier from a scene outside them.
-    outside = [k for k, s in zip(kb, pairs["scene_b"]) if s == "outliers"]
-    assert all(p not in set(select(table, split.test)["path"])
-               for p in pairs["path_b"][pairs["scene_b"] == "outliers"])
-    assert len(outside) > 0
-    # Balanced per dataset, at most 20 + 20, no pair twice.
-    for _, group in pairs.groupby("dataset_a"):
-        assert (group["label"] == 1).sum() == (group["label"] == 0).sum() <= 20
-    assert not pairs.duplicated(["path_a", "path_b"]).any()
-    if protocol == "hard":
-        # Same-dataset negatives wherever the dataset has two evaluated scenes.
-        negatives = pairs[pairs["label"] == 0]
-        multi = {d for d, g in select(table, split.test).groupby("dataset") if g["scene"].nunique() > 1}
-        rows = negatives[negatives["dataset_a"].isin(multi)]
-        assert (rows["dataset_a"] == rows["dataset_b"]).all()
-    again = make_pairs(table, split.test, protocol, max_pairs_per_dataset=20, seed=5)
-    assert again.equals(pairs)
-    assert not make_pairs(table, split.test, protocol, max_pairs_per_dataset=20, seed=6).equals(pairs)

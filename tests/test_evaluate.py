@@ -44,7 +44,8 @@ def test_report_files_and_keys(report):
 @pytest.mark.slow
 def test_verification_figures_recomputed_from_public_parts(report):
     """Rebuild the hard test pairs, embed and match them independently, recompute AUC and accuracy."""
-    from imgsim.data import Split, load_table, make_pairs
+    from imgsim.data import Split, load_table
+    from imgsim.pairs import make_pairs
     from imgsim.model import EmbeddingConfig, build_imagenet_baseline, embed
     from imgsim.sift import pair_score
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgsim.data import load_table, make_imc_benchmark
+from imgsim.data import load_table
 from imgsim.errors import ConfigError, DataLayoutError
-from imgsim.reconstruct import (ReconstructConfig, assign_scenes, build_benchmark, connected_components,
-                                list_datasets, reconstruct)
+from imgsim.benchmarks import build_benchmark
+from imgsim.reconstruct import ReconstructConfig, assign_scenes, list_datasets, reconstruct
 
 pytest.importorskip("pycolmap")
 
@@ -21,27 +21,6 @@ def _matrix(text):
 
 
 # --------------------------------------------------------------------------- graph and assembly
-
-
-def _closure_components(n, edges):
-    """Connected components by transitive closure of the adjacency matrix (brute force)."""
-    reach = np.eye(n, dtype=bool)
-    for a, b in edges:
-        reach[a, b] = reach[b, a] = True
-    for _ in range(n):
-        reach = (reach.astype(int) @ reach.astype(int)) > 0
-    return {frozenset(np.flatnonzero(row)) for row in reach}
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_connected_components_equal_transitive_closure(seed):
-    rng = np.random.default_rng(seed)
-    n = 30
-    edges = [tuple(rng.choice(n, 2, replace=False)) for _ in range(int(rng.integers(5, 35)))]
-    got = connected_components(n, edges)
-    assert {frozenset(c) for c in got} == _closure_components(n, edges)
-    assert sorted(x for c in got for x in c) == list(range(n))
-    assert [len(c) for c in got] == sorted((len(c) for c in got), reverse=True)
 
 
 def test_assign_scenes_hand_worked():
@@ -86,44 +65,6 @@ def test_list_datasets_errors_name_the_file(tmp_path, mini_imc):
     (tmp_path / "bad" / "train_labels.csv").write_text("dataset,scene\nx,y\n")
     with pytest.raises(DataLayoutError, match="train_labels.csv: missing columns: image"):
         list_datasets(tmp_path / "bad")
-
-
-def test_make_imc_benchmark_mixes_posed_scenes_and_outliers(tmp_path, sample_root):
-    source = load_table(sample_root)
-    spec = {"d1": {"scenes": ["strecha_mvs/fountain_p11", "strecha_mvs/herz_jesu_p25"],
-                   "max_per_scene": 5, "outliers": 3},
-            "d2": {"scenes": ["strecha_mvs/castle_p30"], "outliers": 2}}
-    reserve = ["strecha_mvs/entry_p10"]
-    labels = make_imc_benchmark(source, tmp_path, spec, seed=1, reserve=reserve)
-    counts = labels.groupby(["dataset", "scene"]).size().to_dict()
-    n_castle = int((source["scene"] == "castle_p30").sum())
-    assert counts == {("d1", "fountain_p11"): 5, ("d1", "herz_jesu_p25"): 5, ("d1", "outliers"): 3,
-                      ("d2", "castle_p30"): n_castle, ("d2", "outliers"): 2}
-    by_name = {os.path.basename(p): row for p, row in zip(source["path"], source.itertuples())}
-    used = {"fountain_p11", "herz_jesu_p25", "castle_p30", "entry_p10"}
-    outlier_scenes = [by_name[i].scene for i in labels[labels["scene"] == "outliers"]["image"]]
-    assert not used & set(outlier_scenes)
-    assert len(set(outlier_scenes)) == 5  # one photo per scene
-    for row in labels[labels["scene"] != "outliers"].itertuples():
-        src = by_name[row.image]
-        assert (row.scene, row.rotation_matrix, row.translation_vector) == (
-            src.scene, src.rotation_matrix, src.translation_vector)
-        assert (tmp_path / "train" / row.dataset / row.image).read_bytes() == open(src.path, "rb").read()
-    written = pd.read_csv(tmp_path / "train_labels.csv", dtype=str, keep_default_na=False)
-    assert list(written["image"]) == list(labels["image"])
-    with pytest.raises(DataLayoutError, match="already exists"):
-        make_imc_benchmark(source, tmp_path, spec)
-
-
-@pytest.mark.parametrize("spec, message", [
-    ({"d": {"scenes": ["strecha_mvs/nope"]}}, "unknown scenes"),
-    ({"d": {"scenes": ["strecha_mvs/castle_p30"], "outlier": 2}}, "unknown keys"),
-    ({"d": {"scenes": ["strecha_mvs/castle_p30"], "outliers": 99}}, "99 outliers asked"),
-    ({"d": {"scenes": ["opensfm_samples/lund"]}}, "0 posed images"),
-])
-def test_make_imc_benchmark_bad_specs(tmp_path, sample_root, spec, message):
-    with pytest.raises(ConfigError, match=message):
-        make_imc_benchmark(load_table(sample_root), tmp_path, spec)
 
 
 def test_bad_reconstruct_config():
@@ -246,7 +187,7 @@ def test_cli_reconstruct_and_bad_root(small_run, tmp_path, capsys):
 
 def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
     from imgsim.imc import read_submission
-    from imgsim.reconstruct import aligned_centres, write_report
+    from imgsim.imc_report import aligned_centres, write_report
 
     gt_file, out, _, result = small_run
     report = tmp_path / "report"
