@@ -13,6 +13,14 @@ SHARED = os.environ.get("IMGSIM_SHARED") or os.path.join(os.path.dirname(REPO), 
 SAMPLE = os.path.join(REPO, "data", "sample")
 
 
+REFERENCE = os.path.join(REPO, "tests", "reference")
+
+
+def reference_path(name):
+    """A reference-value file kept under tests/reference/ (a verbatim copy of ../shared/reference/)."""
+    return os.path.join(REFERENCE, name)
+
+
 def shared_path(*parts):
     """A path under ../shared (read-only reference data); skip if it is absent."""
     path = os.path.join(SHARED, *parts)
