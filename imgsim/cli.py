@@ -70,7 +70,8 @@ def _add_train_args(parser):
                         help="validation figure that picks best.keras and stops early")
     parser.add_argument("--pca-copies", type=int, default=d.pca_copies,
                         help="augmented copies per image in the head's PCA initialisation")
-    parser.add_argument("--head-init", default=d.embedding.head_init, choices=["pca", "random"],
+    parser.add_argument("--head-init", default=d.embedding.head_init,
+                        choices=["pca", "random", "identity"],
                         help="initialisation of the dense head")
     parser.add_argument("--alpha", type=float, default=d.embedding.alpha, help="MobileNetV2 width multiplier")
     parser.add_argument("--image-size", type=int, default=d.embedding.image_size, help="input side in pixels")
@@ -85,6 +86,67 @@ def _add_train_args(parser):
     parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"],
                         help="bad image files: stop, or skip and count them in the log")
     parser.add_argument("--workers", type=int, default=d.workers, help="batch-loading threads")
+    _add_recipe_args(parser, d)
+
+
+def _add_recipe_args(parser, d):
+    """Issue 12's options: miners, memory, sampling, pooling, ensembles, fine-tuning, fast mode."""
+    from imgsim.batches import SAMPLINGS
+    from imgsim.losses import MINERS
+    from imgsim.model import HEADS, MERGES, POOLINGS
+    from imgsim.train import MODES
+
+    e = d.embedding
+    parser.add_argument("--miner", default=d.miner, choices=MINERS,
+                        help="triplet mining: tfa's semi-hard or batch-hard, batch-all, "
+                             "distance-weighted")
+    parser.add_argument("--soft", action="store_true",
+                        help="soft-margin triplets log1p(exp(d_ap - d_an)) (not semihard)")
+    parser.add_argument("--xbm-size", type=int, default=d.xbm_size,
+                        help="cross-batch memory slots (XBM; 0: off)")
+    parser.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,
+                        help="pk: random scenes per batch; dataset: scenes of as few datasets "
+                             "as possible (look-alike negatives)")
+    parser.add_argument("--pooling", default=e.pooling, choices=POOLINGS,
+                        help="global average, generalised-mean or attention pooling")
+    parser.add_argument("--gem-p", type=float, default=e.gem_p, help="initial GeM exponent")
+    parser.add_argument("--ensemble-alpha", type=float, default=None,
+                        help="a second MobileNetV2 backbone of this width (e.g. 0.35)")
+    parser.add_argument("--ensemble", default=e.ensemble, choices=MERGES,
+                        help="merge of the two backbones' L2-normalised features")
+    parser.add_argument("--head", default=e.head, choices=HEADS,
+                        help="mlp: the seed's; linear: one dense layer; none: pooled features")
+    parser.add_argument("--hidden-dim", type=int, default=None,
+                        help="width of the mlp head's hidden layer (default: 2 * embedding dim)")
+    parser.add_argument("--dropout", type=float, default=e.dropout, help="dropout before the head")
+    parser.add_argument("--weight-decay", type=float, default=e.weight_decay,
+                        help="L2 factor on the head's kernels")
+    parser.add_argument("--l2sp", type=float, default=d.l2sp,
+                        help="L2-SP strength toward the ImageNet backbone weights (0: off)")
+    parser.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor,
+                        help="backbone learning rate relative to the head's")
+    parser.add_argument("--unfreeze-every", type=int, default=d.unfreeze_every,
+                        help="gradual unfreezing: one more backbone block every N epochs (0: off)")
+    parser.add_argument("--mode", default=d.mode, choices=MODES,
+                        help="full: images through the whole network; fast: train the part "
+                             "after the frozen backbone on cached features")
+    parser.add_argument("--cache-copies", type=int, default=d.cache_copies,
+                        help="fast mode: augmented copies cached per image")
+    parser.add_argument("--cache-dir", default=None,
+                        help="fast mode: feature cache folder (default: ~/.cache/imgsim/features)")
+
+
+def _recipe_kwargs(args):
+    """TrainConfig and EmbeddingConfig keyword arguments of :func:`_add_recipe_args`' options."""
+    train = dict(miner=args.miner, soft=args.soft, xbm_size=args.xbm_size, sampling=args.sampling,
+                 l2sp=args.l2sp, backbone_lr_factor=args.backbone_lr_factor,
+                 unfreeze_every=args.unfreeze_every, mode=args.mode,
+                 cache_copies=args.cache_copies, cache_dir=args.cache_dir)
+    embedding = dict(pooling=args.pooling, gem_p=args.gem_p, ensemble_alpha=args.ensemble_alpha,
+                     ensemble=args.ensemble, head=args.head, dropout=args.dropout,
+                     weight_decay=args.weight_decay,
+                     hidden_dim=args.hidden_dim or 2 * args.embedding_dim)
+    return train, embedding
 
 
 def _train_config(args):
@@ -92,6 +154,7 @@ def _train_config(args):
     from imgsim.model import EmbeddingConfig
     from imgsim.train import TrainConfig
 
+    train, embedding = _recipe_kwargs(args)
     return TrainConfig(
         data=args.data, runs_dir=args.runs_dir, run_name=args.run_name, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, learning_rate=args.learning_rate,
@@ -100,9 +163,9 @@ def _train_config(args):
         seed=args.seed, split_seed=args.split_seed, on_error=args.on_error, workers=args.workers,
         embedding=EmbeddingConfig(alpha=args.alpha, image_size=args.image_size,
                                   trainable_layers=args.trainable_layers,
-                                  embedding_dim=args.embedding_dim,
-                                  hidden_dim=2 * args.embedding_dim, head_init=args.head_init),
-        augment=AugmentConfig(strength=args.augment_strength))
+                                  embedding_dim=args.embedding_dim, head_init=args.head_init,
+                                  **embedding),
+        augment=AugmentConfig(strength=args.augment_strength), **train)
 
 
 def cmd_train(args):

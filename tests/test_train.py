@@ -165,3 +165,50 @@ def test_training_runs_under_the_jax_backend(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "backend jax" in open(tmp_path / "runs" / "r" / "log.txt").read()
     assert (tmp_path / "runs" / "r" / "metrics.json").exists()
+
+
+def _history_values(path):
+    rows = read_history(path)
+    return [{k: float(v) for k, v in r.items()} for r in rows]
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    """SIGKILL after epoch 1, resume: the same history as a run never interrupted (issue 15).
+
+    Augmentation, dropout and the batch schedule all depend on the epoch: a
+    resume that replayed epoch 0's batches, or restarted the dropout masks,
+    would give other losses in epochs 2 and 3.
+    """
+    def command(runs):
+        cmd = train_command(runs, epochs=3)
+        return cmd + ["--workers", "2"]
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True,
+                           env=run_env(), timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+
+    run = tmp_path / "killed" / "r"
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=log, stderr=subprocess.STDOUT,
+                            env=run_env(), start_new_session=True)
+    metadata = run / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not metadata.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(read_history(run / "history.csv")) < 3 and not (run / "metrics.json").exists()
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
+                             env=run_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resuming run" in resumed.stdout
+
+    expected = _history_values(tmp_path / "whole" / "r" / "history.csv")
+    got = _history_values(run / "history.csv")
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    for want, have in zip(expected, got):
+        assert want.keys() == have.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (want["epoch"], key)
