@@ -48,13 +48,15 @@ def set_verbosity(level):
 # --------------------------------------------------------------------------- train
 
 
-def _add_train_args(parser):
+def _add_train_args(parser, folds=False):
     from imgsim.train import TrainConfig
 
     d = TrainConfig()
     parser.add_argument("--data", default=d.data, help="data root (IMC 2025 layout or <scene>/<image>)")
     parser.add_argument("--runs-dir", default=d.runs_dir, help="parent folder of run folders")
-    parser.add_argument("--run-name", default=None, help="run folder name (default: a hash of the config)")
+    if not folds:  # cross-validation names its fold runs itself and splits by fold
+        parser.add_argument("--run-name", default=None,
+                            help="run folder name (default: a hash of the config)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (early stopping may end sooner)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="batches per epoch (default: training images // (p*k))")
@@ -82,7 +84,9 @@ def _add_train_args(parser):
     parser.add_argument("--augment-strength", type=float, default=d.augment.strength,
                         help="scales every augmentation (0: none)")
     parser.add_argument("--seed", type=int, default=d.seed, help="batch sampling, augmentation and init")
-    parser.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the split by scene")
+    if not folds:
+        parser.add_argument("--split-seed", type=int, default=d.split_seed,
+                            help="seed of the split by scene")
     parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"],
                         help="bad image files: stop, or skip and count them in the log")
     parser.add_argument("--workers", type=int, default=d.workers, help="batch-loading threads")
@@ -136,42 +140,76 @@ def _add_recipe_args(parser, d):
                         help="fast mode: feature cache folder (default: ~/.cache/imgsim/features)")
 
 
-def _recipe_kwargs(args):
-    """TrainConfig and EmbeddingConfig keyword arguments of :func:`_add_recipe_args`' options."""
-    train = dict(miner=args.miner, soft=args.soft, xbm_size=args.xbm_size, sampling=args.sampling,
-                 l2sp=args.l2sp, backbone_lr_factor=args.backbone_lr_factor,
-                 unfreeze_every=args.unfreeze_every, mode=args.mode,
-                 cache_copies=args.cache_copies, cache_dir=args.cache_dir)
-    embedding = dict(pooling=args.pooling, gem_p=args.gem_p, ensemble_alpha=args.ensemble_alpha,
-                     ensemble=args.ensemble, head=args.head, dropout=args.dropout,
-                     weight_decay=args.weight_decay,
-                     hidden_dim=args.hidden_dim or 2 * args.embedding_dim)
-    return train, embedding
+_NOT_TRAINING = ("func", "command", "quiet", "verbose")
 
 
-def _train_config(args):
-    from imgsim.augment import AugmentConfig
-    from imgsim.model import EmbeddingConfig
-    from imgsim.train import TrainConfig
+def _train_config(args, skip=()):
+    """The TrainConfig of parsed training options (``skip``: another verb's own options)."""
+    from imgsim.train import flat_config
 
-    train, embedding = _recipe_kwargs(args)
-    return TrainConfig(
-        data=args.data, runs_dir=args.runs_dir, run_name=args.run_name, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, learning_rate=args.learning_rate,
-        margin=args.margin, distance_metric=args.distance_metric, patience=args.patience,
-        monitor=args.monitor, pca_copies=args.pca_copies,
-        seed=args.seed, split_seed=args.split_seed, on_error=args.on_error, workers=args.workers,
-        embedding=EmbeddingConfig(alpha=args.alpha, image_size=args.image_size,
-                                  trainable_layers=args.trainable_layers,
-                                  embedding_dim=args.embedding_dim, head_init=args.head_init,
-                                  **embedding),
-        augment=AugmentConfig(strength=args.augment_strength), **train)
+    return flat_config(**{k: v for k, v in vars(args).items()
+                          if k not in _NOT_TRAINING and k not in skip})
 
 
 def cmd_train(args):
     from imgsim.train import fit
 
     fit(_train_config(args))
+
+
+# --------------------------------------------------------------------------- crossval
+
+_CROSSVAL_ONLY = ("from_sweep",)
+
+
+def _add_crossval_args(p):
+    from imgsim.crossval import CrossValConfig
+
+    d = CrossValConfig()
+    _add_train_args(p, folds=True)
+    p.set_defaults(mode="fast", trainable_layers=0)  # the cheap recipe: a head on cached features
+    p.add_argument("--folds", type=int, default=d.folds, help="folds by scene")
+    p.add_argument("--fold-seed", type=int, default=d.fold_seed,
+                   help="seeds the folds and each fold's validation scenes")
+    p.add_argument("--group-by-dataset", action="store_true",
+                   help="keep each dataset's scenes in one fold (test on unseen datasets)")
+    p.add_argument("--cv-val-fraction", dest="val_fraction", type=float, default=d.val_fraction,
+                   help="share of each fold's training scenes used for early stopping")
+    p.add_argument("--baseline-alpha", type=float, default=d.baseline_alpha,
+                   help="width of the ImageNet GAP baseline")
+    p.add_argument("--shortlist-k", type=int, default=d.shortlist_k,
+                   help="neighbours per image in the shortlist figure")
+    p.add_argument("--max-pairs", dest="max_pairs_per_dataset", type=int,
+                   default=d.max_pairs_per_dataset, help="positive pairs per dataset and fold")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples")
+    p.add_argument("--level", type=float, default=d.level, help="coverage of the intervals")
+    p.add_argument("--name", default=d.name, help="the recipe's name in the report")
+    p.add_argument("--report-dir", default=None,
+                   help="report folder (default: reports/crossval/<name>)")
+    p.add_argument("--untrained", action="store_true",
+                   help="evaluate the recipe's network without training it (head none, or "
+                        "linear with --head-init identity)")
+    p.add_argument("--from-sweep", default=None, metavar="SWEEP_DIR",
+                   help="instead: compare the recipes of a finished sweep of "
+                        "notebooks/06_crossval.ipynb (needs --report-dir)")
+
+
+def cmd_crossval(args):
+    from imgsim import crossval
+    from imgsim.errors import ConfigError
+
+    if args.from_sweep:
+        if not args.report_dir:
+            raise ConfigError("--from-sweep needs --report-dir")
+        table = crossval.sweep_report(crossval.sweep_results(args.from_sweep), args.report_dir)
+        print(open(os.path.join(args.report_dir, "summary.md")).read())
+        return 0 if len(table) else 1
+    options = {k: v for k, v in vars(args).items()
+               if k not in _NOT_TRAINING and k not in _CROSSVAL_ONLY}
+    config = crossval.flat_config(**options)
+    result = crossval.crossval(config)
+    print(crossval.summary_markdown(result))
+    print(f"report: {config.report_path()}")
 
 
 # --------------------------------------------------------------------------- embed
@@ -342,6 +380,8 @@ def cmd_score(args):
 # verb -> (one-line help, function adding its arguments, function running it)
 VERBS = {
     "train": ("train (or resume) a triplet embedding run", _add_train_args, cmd_train),
+    "crossval": ("k-fold-by-scene comparison of a training recipe with ImageNet",
+                 _add_crossval_args, cmd_crossval),
     "embed": ("embed every image under a folder into an .npz", _add_embed_args, cmd_embed),
     "evaluate": ("deep vs SIFT vs fused report on held-out scenes", _add_evaluate_args, cmd_evaluate),
     "sweep": ("run an experiments/<name>.yaml sweep with papermill on Dask", _add_sweep_args, cmd_sweep),

@@ -47,6 +47,7 @@ __all__ = [
     "map_at_r",
     "precision_at_1",
     "recall_at_k",
+    "retrieval_per_query",
     "retrieval_report",
     "roc_auc",
     "tpr_at_fpr",
@@ -141,11 +142,16 @@ def _recall_at_k(relevant, k):
     return float(relevant[:, :k].any(axis=1).mean())
 
 
-def _map_at_r(relevant, n_positives):
+def _ap_at_r(relevant, n_positives):
+    """AP@R of every query (see :func:`map_at_r`)."""
     rank = np.arange(1, relevant.shape[1] + 1)
     precision = np.cumsum(relevant, axis=1) / rank
     counted = relevant & (rank <= n_positives[:, None])
-    return float(((precision * counted).sum(axis=1) / n_positives).mean())
+    return (precision * counted).sum(axis=1) / n_positives
+
+
+def _map_at_r(relevant, n_positives):
+    return float(_ap_at_r(relevant, n_positives).mean())
 
 
 def precision_at_1(embeddings, labels):
@@ -283,6 +289,34 @@ def retrieval_report(embeddings, labels, ks=(1, 5), *, scores=None):
     report.update({f"recall_at_{k}": _recall_at_k(relevant, k) for k in ks})
     report["map_at_r"] = _map_at_r(relevant, n_positives)
     return report
+
+
+def retrieval_per_query(embeddings, labels, ks=(1, 5), *, scores=None):
+    """The per-query values that :func:`retrieval_report` averages.
+
+    Same definitions, lone-query rule and errors as :func:`retrieval_report`;
+    for resampling queries (e.g. a bootstrap over scenes).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_queries,)
+        ``"query"``: the row index of each query (non-lone rows, in order);
+        ``"precision_at_1"``, ``"recall_at_<k>"`` (0/1 floats) and
+        ``"map_at_r"`` (AP@R) of each query. Their means are
+        :func:`retrieval_report`'s figures.
+    """
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks must contain at least one value")
+    for k in ks:
+        _check_positive_int(k, "every value in ks")
+    relevant, n_positives = _relevance(embeddings, labels, max(ks), up_to_r=True, scores=scores)
+    codes = _codes(np.asarray(labels))
+    out = {"query": np.flatnonzero(np.bincount(codes)[codes] > 1),
+           "precision_at_1": relevant[:, 0].astype(np.float64)}
+    out.update({f"recall_at_{k}": relevant[:, :k].any(axis=1).astype(np.float64) for k in ks})
+    out["map_at_r"] = _ap_at_r(relevant, n_positives)
+    return out
 
 
 # --------------------------------------------------------------------------- #

@@ -220,6 +220,37 @@ def _keras():
     return keras
 
 
+def flat_config(**options):
+    """A :class:`TrainConfig` from flat options, as the CLI and the notebooks name them.
+
+    Keys: every ``TrainConfig`` field except ``embedding`` and ``augment``;
+    every ``EmbeddingConfig`` field (``hidden_dim`` None: twice
+    ``embedding_dim``); ``augment_strength`` (``AugmentConfig.strength``).
+    None values take the field's default.
+
+    Raises
+    ------
+    ConfigError
+        Naming an unknown key.
+    """
+    from dataclasses import fields
+
+    from imgsim.augment import AugmentConfig
+
+    options = {k: v for k, v in options.items() if v is not None}
+    train_keys = {f.name for f in fields(TrainConfig)} - {"embedding", "augment"}
+    embedding_keys = {f.name for f in fields(EmbeddingConfig)}
+    unknown = sorted(set(options) - train_keys - embedding_keys - {"augment_strength"})
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+    embedding = {k: v for k, v in options.items() if k in embedding_keys}
+    if "hidden_dim" not in embedding:
+        embedding["hidden_dim"] = 2 * embedding.get("embedding_dim", EmbeddingConfig.embedding_dim)
+    augment = AugmentConfig(strength=options.get("augment_strength", AugmentConfig.strength))
+    return TrainConfig(embedding=EmbeddingConfig(**embedding), augment=augment,
+                       **{k: v for k, v in options.items() if k in train_keys})
+
+
 # --------------------------------------------------------------------------- callbacks
 
 
@@ -654,8 +685,8 @@ def fit(config):
     ]
     # A live progress bar in a terminal or notebook, one line per epoch in logs and CI.
     verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
-    trained.fit(batches, epochs=config.epochs, steps_per_epoch=batches.steps, callbacks=callbacks,
-                verbose=verbose)
+    trained.fit(batches, epochs=config.epochs, steps_per_epoch=batches.steps, shuffle=False,
+                callbacks=callbacks, verbose=verbose)
     if fast:  # the whole embedding network, with the best epoch's weights
         from imgsim.model import save_model
 
