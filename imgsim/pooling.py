@@ -10,6 +10,8 @@ class GeMPooling2D(keras.layers.Layer):
 
     ``(mean over positions of max(x, eps)^p)^(1/p)`` per channel: ``p = 1`` is
     average pooling, ``p → ∞`` max pooling. Maps (batch, h, w, c) to (batch, c).
+    Computed as ``m · mean((x / m)^p)^(1/p)`` with ``m`` the channel's maximum,
+    so that no power overflows however large ``p`` grows.
 
     Parameters
     ----------
@@ -29,8 +31,11 @@ class GeMPooling2D(keras.layers.Layer):
 
     def call(self, x):
         p = ops.maximum(self.p, 1.0)
-        pooled = ops.mean(ops.power(ops.maximum(x, self.eps), p), axis=(1, 2))
-        return ops.power(pooled, 1.0 / p)
+        x = ops.maximum(x, self.eps)
+        # Scaled by the channel's maximum (which cancels exactly) so that x^p cannot overflow.
+        top = ops.stop_gradient(ops.max(x, axis=(1, 2), keepdims=True))
+        pooled = ops.mean(ops.power(x / top, p), axis=(1, 2))
+        return ops.power(pooled, 1.0 / p) * ops.squeeze(top, axis=(1, 2))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])

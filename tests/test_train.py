@@ -212,3 +212,50 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert want.keys() == have.keys()
         for key in want:
             assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (want["epoch"], key)
+
+
+def test_dataset_aware_batches_take_whole_datasets_first():
+    """Per batch at most one dataset is represented by only some of its scenes; the rest whole."""
+    scenes_per_dataset = [5, 3, 2, 1, 1, 4]
+    labels, groups = [], []
+    for d, n in enumerate(scenes_per_dataset):
+        for s in range(n):
+            labels += [10 * d + s] * 3
+            groups += [d] * 3
+    labels, groups = np.array(labels), np.array(groups)
+    images = np.zeros((len(labels), 2, 2, 3), np.uint8)
+    batches = PKBatches(images, labels, p=6, k=2, steps=30, seed=4, groups=groups, sampling="dataset")
+    seen_partial = set()
+    for i in range(len(batches)):
+        _, y = batches[i]
+        classes = np.unique(y)
+        assert len(classes) == 6 and all((y == c).sum() == 2 for c in classes)
+        per_dataset = {d: len({c for c in classes if c // 10 == d}) for d in {c // 10 for c in classes}}
+        partial = [d for d, n in per_dataset.items() if n < scenes_per_dataset[d]]
+        assert len(partial) <= 1
+        seen_partial.update(partial)
+    assert len(seen_partial) >= 2  # the random order varies which dataset is cut
+    with pytest.raises(ConfigError, match="sampling must be one of"):
+        PKBatches(images, labels, 4, 2, 1, sampling="scenes")
+
+
+def test_infinite_batches_continue_at_the_restored_epoch():
+    """Item i of an infinite dataset is batch i % steps of epoch i // steps, after the offset."""
+    from imgsim.batches import CachedPKBatches
+
+    labels = np.repeat(np.arange(5), 3)
+    features = np.random.default_rng(0).normal(size=(15, 4, 2, 2, 3)).astype(np.float16)
+    finite = CachedPKBatches([features], labels, 3, 2, steps=4, seed=7)
+    infinite = CachedPKBatches([features], labels, 3, 2, steps=4, seed=7, infinite=True)
+    assert infinite.num_batches is None and finite.num_batches == 4
+    finite.epoch = 2
+    infinite.offset = 1 * 4  # resumed at epoch 1
+    for index in range(4):
+        x, y = finite[index]
+        x2, y2 = infinite[4 + index]  # epoch 2 of the resumed sequence
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        # Every item is an augmented copy (1..3) of an image of its label.
+        rows = [np.flatnonzero([np.array_equal(f, xi) for f in features[j, 1:]]) for j, xi in
+                zip(finite.batch_indices(index, 2), x)]
+        assert all(len(r) == 1 for r in rows)
