@@ -225,8 +225,9 @@ def flat_config(**options):
 
     Keys: every ``TrainConfig`` field except ``embedding`` and ``augment``;
     every ``EmbeddingConfig`` field (``hidden_dim`` None: twice
-    ``embedding_dim``); ``augment_strength`` (``AugmentConfig.strength``).
-    None values take the field's default.
+    ``embedding_dim`` for the "mlp" head, as its PCA start needs);
+    ``augment_strength`` (``AugmentConfig.strength``). None values take the
+    field's default.
 
     Raises
     ------
@@ -244,7 +245,7 @@ def flat_config(**options):
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
     embedding = {k: v for k, v in options.items() if k in embedding_keys}
-    if "hidden_dim" not in embedding:
+    if "hidden_dim" not in embedding and embedding.get("head", EmbeddingConfig.head) == "mlp":
         embedding["hidden_dim"] = 2 * embedding.get("embedding_dim", EmbeddingConfig.embedding_dim)
     augment = AugmentConfig(strength=options.get("augment_strength", AugmentConfig.strength))
     return TrainConfig(embedding=EmbeddingConfig(**embedding), augment=augment,
