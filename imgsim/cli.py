@@ -73,7 +73,7 @@ def _add_train_args(parser, folds=False):
     parser.add_argument("--pca-copies", type=int, default=d.pca_copies,
                         help="augmented copies per image in the head's PCA initialisation")
     parser.add_argument("--head-init", default=d.embedding.head_init,
-                        choices=["pca", "random", "identity"],
+                        choices=["pca", "random", "identity", "whitening"],
                         help="initialisation of the dense head")
     parser.add_argument("--alpha", type=float, default=d.embedding.alpha, help="MobileNetV2 width multiplier")
     parser.add_argument("--image-size", type=int, default=d.embedding.image_size, help="input side in pixels")
@@ -122,6 +122,9 @@ def _add_recipe_args(parser, d):
                         help="mlp: the seed's; linear: one dense layer; none: pooled features")
     parser.add_argument("--hidden-dim", type=int, default=None,
                         help="width of the mlp head's hidden layer (default: 2 * embedding dim)")
+    parser.add_argument("--whitening-shrinkage", type=float, default=e.whitening_shrinkage,
+                        help="--head-init whitening: weight of the identity in the within-scene "
+                             "covariance (1: no whitening)")
     parser.add_argument("--dropout", type=float, default=e.dropout, help="dropout before the head")
     parser.add_argument("--weight-decay", type=float, default=e.weight_decay,
                         help="L2 factor on the head's kernels")
@@ -305,17 +308,16 @@ def cmd_serve(args):
 def _add_demo_args(p):
     p.add_argument("--runs-dir", default="runs", help="parent folder of the demo's run folder")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"), help="where the table goes")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the demo's epochs (default: 8)")
 
 
 def cmd_demo(args):
     from imgsim.demo import DemoConfig, run_demo
 
-    config = DemoConfig()
-    config.train.runs_dir = args.runs_dir
-    config.report_dir = args.report_dir
-    if args.epochs:
-        config.train.epochs = args.epochs
+    config = DemoConfig(runs_dir=args.runs_dir, report_dir=args.report_dir)
+    if args.epochs is not None:
+        config.epochs = args.epochs
     run_demo(config)
 
 
@@ -386,7 +388,8 @@ VERBS = {
     "evaluate": ("deep vs SIFT vs fused report on held-out scenes", _add_evaluate_args, cmd_evaluate),
     "sweep": ("run an experiments/<name>.yaml sweep with papermill on Dask", _add_sweep_args, cmd_sweep),
     "serve": ("serve the pair inspector as a web app (Voilà)", _add_serve_args, cmd_serve),
-    "demo": ("train on the embedded sample, compare with ImageNet", _add_demo_args, cmd_demo),
+    "demo": ("train the cross-validated recipe on the embedded sample, compare with ImageNet",
+             _add_demo_args, cmd_demo),
     "reconstruct": ("IMC task: cluster scenes and pose images (pycolmap)", _add_reconstruct_args,
                     cmd_reconstruct),
     "score": ("IMC 2025 score of a submission against ground truth", _add_score_args, cmd_score),

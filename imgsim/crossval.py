@@ -424,21 +424,23 @@ def paired_summary(folds, n_boot=2000, seed=0, level=0.95):
                      "difference": float(d.mean()) if ok.any() else np.nan, "units": int(ok.sum())}
         out[name]["low"], out[name]["high"] = percentile_interval(samples, level)
     # Pair figures: per fold, then the mean over folds; scenes resampled within each fold.
-    pair_weights = [resample_weights(f["recipe"]["pairs"]["scene"], np.zeros(len(f["recipe"]["pairs"])),
-                                     n_boot, seed + 1 + i) for i, f in enumerate(folds)]
     point = {m: [pair_figures(f[m]["pairs"]) for f in folds] for m in METHODS}
-    samples = {name: [] for name in PAIR_FIGURES}
-    for r in range(n_boot):
-        per_fold = [{m: pair_figures(f[m]["pairs"], w[r]) for m in METHODS}
-                    for f, w in zip(folds, pair_weights)]
-        for name in PAIR_FIGURES:
-            d = [x["recipe"][name] - x["imagenet"][name] for x in per_fold]
-            samples[name].append(np.nanmean(d) if not np.all(np.isnan(d)) else np.nan)
+    differences = {name: [] for name in PAIR_FIGURES}
+    for i, f in enumerate(folds):
+        pairs = f["recipe"]["pairs"]
+        w = resample_weights(pairs["scene"], np.zeros(len(pairs)), n_boot, seed + 1 + i)
+        both = {m: metrics.weighted_roc_figures(f[m]["pairs"]["label"], f[m]["pairs"]["score"], w)
+                for m in METHODS}
+        for j, name in enumerate(PAIR_FIGURES):
+            differences[name].append(both["recipe"][j] - both["imagenet"][j])
     for name in PAIR_FIGURES:
         value = {m: float(np.nanmean([x[name] for x in point[m]])) for m in METHODS}
+        d = np.array(differences[name])  # (folds, n_boot)
+        valid = ~np.isnan(d)
+        samples = np.where(valid.any(0), np.nansum(d, 0) / np.maximum(valid.sum(0), 1), np.nan)
         out[name] = {**value, "difference": value["recipe"] - value["imagenet"],
                      "units": int(sum(len(f["recipe"]["pairs"]) for f in folds))}
-        out[name]["low"], out[name]["high"] = percentile_interval(samples[name], level)
+        out[name]["low"], out[name]["high"] = percentile_interval(samples, level)
     return {name: out[name] for name in FIGURES}
 
 
@@ -451,6 +453,15 @@ def _baseline_embeddings(config, table):
     model = build_imagenet_baseline(EmbeddingConfig(alpha=config.baseline_alpha,
                                                     image_size=config.train.embedding.image_size))
     return dict(zip(table["path"], embed(model, list(table["path"]), config.batch_size)))
+
+
+def _release_keras():
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
 
 
 def _untrained_model(config):
@@ -499,6 +510,9 @@ def crossval(config=None):
                       "recipe": embed(model, list(rows["path"]), config.batch_size)}
         fold = {m: fold_figures(rows, embeddings[m], pairs, config.shortlist_k) for m in METHODS}
         folds.append(fold)
+        if untrained is None:  # free the fold's networks and cached features before the next
+            del model
+            _release_keras()
         per_fold.append({"fold": i + 1, "test_scenes": split.test, "val_scenes": split.val,
                          "test_images": int((rows["scene"] != data_mod.OUTLIERS).sum()),
                          "run_dir": run["run_dir"], "best_epoch": run["best_epoch"],
@@ -578,6 +592,28 @@ def sweep_results(sweep_root):
     return results
 
 
+RECOMMENDATION_RULE = (
+    "among trained recipes: the largest mAP@R difference whose interval lies above 0; if none, "
+    "the largest within-dataset P@1 difference (what fine-tuning is still good for)")
+
+
+def recommend(results):
+    """The recipe :data:`RECOMMENDATION_RULE` picks, and whether it beats ImageNet on mAP@R.
+
+    Returns
+    -------
+    (name, beats) : (str or None, bool)
+    """
+    trained = [r for r in results if not r["config"].get("untrained")]
+    if not trained:
+        return None, False
+    winners = [r for r in trained if r["pooled"]["map_at_r"]["low"] > 0]
+    if winners:
+        return max(winners, key=lambda r: r["pooled"]["map_at_r"]["difference"])["name"], True
+    best = max(trained, key=lambda r: r["pooled"]["within_dataset_precision_at_1"]["difference"])
+    return best["name"], False
+
+
 def sweep_report(results, report_dir, figures=HEADLINE):
     """Recipes side by side: ``summary.md``, ``metrics.json`` and ``paired_differences.png``.
 
@@ -607,9 +643,11 @@ def sweep_report(results, report_dir, figures=HEADLINE):
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(f"{figures[0]}_difference", ascending=False)
     os.makedirs(report_dir, exist_ok=True)
-    atomic_write_json(os.path.join(report_dir, "metrics.json"),
-                      {"recipes": {r["name"]: {"pooled": r["pooled"], "config": r["config"],
-                                               "folds": r["folds"]} for r in results}})
+    recommended, beats = recommend(results)
+    atomic_write_json(os.path.join(report_dir, "metrics.json"), {
+        "recipes": {r["name"]: {"pooled": r["pooled"], "config": r["config"], "folds": r["folds"]}
+                    for r in results},
+        "recommended": recommended, "beats_imagenet": beats, "rule": RECOMMENDATION_RULE})
     level = int(round(100 * results[0]["config"]["level"]))
     lines = [f"# Training recipes vs ImageNet GAP, cross-validated by scene", "",
              f"Each cell: recipe − ImageNet (mean paired difference) and its {level} % bootstrap "

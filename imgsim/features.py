@@ -134,6 +134,11 @@ class FeatureCache:
                         np.save(buffer, maps)
                         atomic_write_bytes(self._path(per[todo[j]]), buffer.getvalue())
         result = []
-        for per in keys:
-            result.append(np.stack([np.load(self._path(per[i])) for i in np.flatnonzero(ok)]))
+        for per in keys:  # filled in place: no second copy of the (large) stacked array
+            rows = np.flatnonzero(ok)
+            first = np.load(self._path(per[rows[0]])) if len(rows) else np.zeros((copies + 1, 0, 0, 0))
+            out = np.empty((len(rows), *first.shape), np.float16)
+            for j, i in enumerate(rows):
+                out[j] = first if j == 0 else np.load(self._path(per[i]))
+            result.append(out)
         return result, ok

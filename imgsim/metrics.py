@@ -52,6 +52,7 @@ __all__ = [
     "roc_auc",
     "tpr_at_fpr",
     "verification_report",
+    "weighted_roc_figures",
 ]
 
 
@@ -279,16 +280,8 @@ def retrieval_report(embeddings, labels, ks=(1, 5), *, scores=None):
         ``{"precision_at_1": ..., "recall_at_<k>": ... for k in ks,
         "map_at_r": ...}``.
     """
-    ks = list(ks)
-    if not ks:
-        raise ValueError("ks must contain at least one value")
-    for k in ks:
-        _check_positive_int(k, "every value in ks")
-    relevant, n_positives = _relevance(embeddings, labels, max(ks), up_to_r=True, scores=scores)
-    report = {"precision_at_1": _precision_at_1(relevant)}
-    report.update({f"recall_at_{k}": _recall_at_k(relevant, k) for k in ks})
-    report["map_at_r"] = _map_at_r(relevant, n_positives)
-    return report
+    per_query = retrieval_per_query(embeddings, labels, ks, scores=scores)
+    return {name: float(values.mean()) for name, values in per_query.items() if name != "query"}
 
 
 def retrieval_per_query(embeddings, labels, ks=(1, 5), *, scores=None):
@@ -455,6 +448,49 @@ def tpr_at_fpr(y_true, scores, max_fpr=0.01):
     """
     max_fpr = _check_real(max_fpr, "max_fpr", 0, 1)
     return _tpr_at_fpr(*_check_pairs(y_true, scores, both_classes=True), max_fpr)
+
+
+def weighted_roc_figures(y_true, scores, weights, max_fpr=0.01):
+    """ROC AUC and TPR at ``max_fpr`` of the same pairs under many weightings at once.
+
+    Row ``r`` gives what :func:`roc_auc` and :func:`tpr_at_fpr` give for the
+    pairs repeated ``weights[r]`` times (equivalently, sklearn's
+    ``sample_weight``): for a bootstrap, thousands of resamples in one pass.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_pairs,)
+        1 if the two images of a pair show the same scene, else 0.
+    scores : array-like of shape (n_pairs,)
+        Finite similarity scores, higher meaning more likely the same scene.
+    weights : array-like of shape (n_sets, n_pairs)
+        Non-negative weights (counts) of every pair in every set.
+    max_fpr : float, default=0.01
+
+    Returns
+    -------
+    auc, tpr : ndarray of shape (n_sets,)
+        NaN for a set whose weights leave only one class.
+    """
+    y_true, scores = _check_pairs(y_true, scores)
+    max_fpr = _check_real(max_fpr, "max_fpr", 0, 1)
+    weights = np.asarray(weights, np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(scores) or (weights < 0).any():
+        raise ValueError(f"weights must be a non-negative (n_sets, {len(scores)}) array, "
+                         f"got shape {weights.shape}")
+    order = np.argsort(-scores, kind="stable")
+    ranked, y, w = scores[order], y_true[order], weights[:, order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # end of each block of ties
+    tp = np.cumsum(w * y, axis=1)[:, last]
+    fp = np.cumsum(w * (1 - y), axis=1)[:, last]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.c_[np.zeros(len(w)), tp / tp[:, -1:]]
+        fpr = np.c_[np.zeros(len(w)), fp / fp[:, -1:]]
+        auc = np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2, axis=1)
+        at = np.where(fpr <= max_fpr, tpr, -np.inf).max(axis=1)
+    invalid = (tp[:, -1] == 0) | (fp[:, -1] == 0)
+    auc[invalid], at[invalid] = np.nan, np.nan
+    return auc, at
 
 
 def calibrate_threshold(y_true, scores, method="accuracy", target_fpr=0.01):

@@ -40,7 +40,7 @@ ENGINES = ("keras", "openvino")
 
 POOLINGS = ("gap", "gem", "attention")
 HEADS = ("mlp", "linear", "none")
-HEAD_INITS = ("pca", "random", "identity")
+HEAD_INITS = ("pca", "random", "identity", "whitening")
 MERGES = ("concat", "mean")
 
 
@@ -72,7 +72,9 @@ class EmbeddingConfig(DictConfig):
         features (see :func:`init_head_pca`); ``"random"`` keeps Keras'
         Glorot initialisation; ``"identity"`` (head "linear" with
         ``embedding_dim`` equal to the feature width) starts at the
-        ImageNet features themselves.
+        ImageNet features themselves; ``"whitening"`` (head "linear", same
+        width) starts at the learned whitening of the training images'
+        features (:func:`set_head_whitening`, Radenović et al. 2018).
     pooling : {"gap", "gem", "attention"}
         Global average pooling (the seed's), generalised-mean pooling
         (:class:`GeMPooling2D`, Radenović et al. 2018, trainable exponent) or
@@ -89,6 +91,9 @@ class EmbeddingConfig(DictConfig):
         ``embedding_dim``; ``"linear"``: dropout → Dense ``embedding_dim``;
         ``"none"``: the pooled features themselves (only the backbone and
         pooling train). Every head ends with L2 normalisation.
+    whitening_shrinkage : float
+        ``head_init="whitening"``: weight of the identity in the shrunk
+        within-scene covariance, in [0, 1] (1: no whitening).
     """
 
     alpha: float = 1.0
@@ -105,6 +110,7 @@ class EmbeddingConfig(DictConfig):
     ensemble_alpha: float = None
     ensemble: str = "concat"
     head: str = "mlp"
+    whitening_shrinkage: float = 0.5
 
     def __post_init__(self):
         for name, allowed in (("head_init", HEAD_INITS), ("pooling", POOLINGS), ("head", HEADS),
@@ -127,8 +133,10 @@ class EmbeddingConfig(DictConfig):
             raise ConfigError("hidden_dim and embedding_dim must be positive")
         if not self.gem_p >= 1:
             raise ConfigError(f"gem_p must be >= 1, got {self.gem_p}")
-        if self.head_init == "identity" and self.head != "linear":
-            raise ConfigError("head_init='identity' needs head='linear'")
+        if self.head_init in ("identity", "whitening") and self.head != "linear":
+            raise ConfigError(f"head_init={self.head_init!r} needs head='linear'")
+        if not 0 <= self.whitening_shrinkage <= 1:
+            raise ConfigError(f"whitening_shrinkage must be in [0, 1], got {self.whitening_shrinkage}")
 
     def alphas(self):
         """Width of each backbone: ``[alpha]``, or ``[alpha, ensemble_alpha]``."""
@@ -448,13 +456,24 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0):
     float: fraction of the features' energy the ``m`` directions keep.
     """
     _check_pca_head(model)
+    return set_head_pca(model, pooled_features(model, images, augment, copies), seed)
+
+
+def pooled_features(model, images, augment=None, copies=0):
+    """Pooled features of ``images`` and of ``copies`` augmented versions of them.
+
+    Returns
+    -------
+    numpy.ndarray of shape ((copies + 1) * n, feature_dim): the images first,
+    then each round of copies in the same order.
+    """
     feats = [gap_features(model, images)]
     for _ in range(copies if augment is not None else 0):
         augmented = np.concatenate([np.asarray(augment(images[i:i + 32].astype(np.float32),
                                                        training=True))
                                     for i in range(0, len(images), 32)])
         feats.append(gap_features(model, augmented))
-    return set_head_pca(model, np.concatenate(feats), seed)
+    return np.concatenate(feats)
 
 
 def _check_pca_head(model):
@@ -514,6 +533,57 @@ def set_head_pca(model, features, seed=0):
     else:
         projection.set_weights([basis.T.astype(np.float32), np.zeros(m, np.float32)])
     return kept
+
+
+def set_head_whitening(model, features, labels, shrinkage=0.5, pairs_per_scene=2000, seed=0):
+    """Head "linear" as the learned whitening of ``features`` (Radenović et al. 2018).
+
+    ``z = P (x - μ)`` with ``μ`` the mean feature and ``P = C^(-1/2)`` for the
+    within-scene covariance ``C`` of the differences of same-scene pairs
+    (up to ``pairs_per_scene`` per scene, seeded), shrunk toward the identity:
+    ``C ← (1 - s) C + s (tr C / d) I``. Directions in which photos of one
+    scene vary are damped, the others kept; the shrinkage keeps it stable
+    with few training photos. Then L2 normalisation, as always.
+
+    Parameters
+    ----------
+    model : keras.Model with head "linear" and ``embedding_dim`` = feature width
+    features : array of shape (n, d)
+        Pooled features of the training images (augmented copies welcome).
+    labels : array of shape (n,)
+        Scene of each row.
+    shrinkage : float in [0, 1]
+    pairs_per_scene : int
+    seed : int
+
+    Returns
+    -------
+    float: the condition number of the shrunk covariance.
+    """
+    x = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    projection = model.get_layer("projection")
+    if projection.units != x.shape[1]:
+        raise ConfigError(f"head_init='whitening' needs embedding_dim == the feature width "
+                          f"{x.shape[1]}, got {projection.units}")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        i, j = np.triu_indices(len(rows), k=1)
+        keep = rng.permutation(len(i))[:pairs_per_scene]
+        diffs.append(x[rows[i[keep]]] - x[rows[j[keep]]])
+    d = np.concatenate(diffs) if diffs else np.zeros((0, x.shape[1]))
+    if not len(d):
+        raise ConfigError("head_init='whitening' needs scenes with at least 2 training images")
+    c = d.T @ d / len(d)
+    c = (1 - shrinkage) * c + shrinkage * np.trace(c) / len(c) * np.eye(len(c))
+    values, vectors = np.linalg.eigh(c)
+    values = np.maximum(values, values.max() * 1e-12)
+    p = (vectors / np.sqrt(values)) @ vectors.T
+    mean = x.mean(axis=0)
+    projection.set_weights([p.T.astype(np.float32), (-mean @ p.T).astype(np.float32)])
+    return float(values.max() / values.min())
 
 
 def set_head_identity(model):

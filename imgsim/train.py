@@ -548,7 +548,7 @@ def remove_stale_temporaries(run_dir):
 BEST_TRAINED = "best_trained.weights.h5"  # fast mode: weights of the trained part, best epoch
 
 
-def build_networks(config, train_x, resuming, log):
+def build_networks(config, train_x, train_y, resuming, log):
     """The networks of a run, the head initialised, the training model compiled.
 
     Returns
@@ -572,7 +572,7 @@ def build_networks(config, train_x, resuming, log):
     model = build_embedding_model(config.embedding)
     net = split_at_cut(model, config.embedding) if config.mode == "fast" else model
     if not resuming:
-        init_head(config, model, train_x, log)
+        init_head(config, model, train_x, train_y, log)
     backbones = backbones_of(model)
     if apply_l2sp(backbones, config.l2sp):
         log(f"L2-SP {config.l2sp:g} toward the ImageNet weights of the trainable backbone layers")
@@ -588,32 +588,53 @@ def build_networks(config, train_x, resuming, log):
     return model, net, trained, optimizer
 
 
-def init_head(config, model, train_x, log):
-    """Initialise the head per ``config.embedding.head_init`` (PCA, identity, or Keras' random)."""
+def init_head(config, model, train_x, train_y, log):
+    """Initialise the head per ``config.embedding.head_init`` (PCA, whitening, identity, random)."""
     from imgsim import model as model_mod
 
     e = config.embedding
     if e.head_init == "identity":
         model_mod.set_head_identity(model)
         log("head initialised at the identity: training starts from the ImageNet features")
-    if e.head_init != "pca" or e.head == "none":
+    if e.head_init not in ("pca", "whitening") or e.head == "none":
         return
-    if config.mode == "fast":
-        features = model_mod.split_at_cut(model, e, features_only=True)
-        copies = min(config.pca_copies, train_x[0].shape[1] - 1) + 1
-        x = [f[:, :copies].reshape(-1, *f.shape[2:]).astype(np.float32) for f in train_x]
-        pooled = np.concatenate([features.predict_on_batch([f[i:i + 64] for f in x])
-                                 for i in range(0, len(x[0]), 64)])
-        kept = model_mod.set_head_pca(model, pooled, config.seed)
-        copies -= 1
-    else:
-        from imgsim.augment import build_augmentation
-
-        copies = config.pca_copies
-        kept = model_mod.init_head_pca(model, train_x, build_augmentation(config.augment), copies,
-                                       seed=config.seed)
+    pooled, copies = pooled_training_features(config, model, train_x)
+    if e.head_init == "whitening":
+        labels = np.tile(np.asarray(train_y), copies + 1)
+        condition = model_mod.set_head_whitening(model, pooled, labels, e.whitening_shrinkage,
+                                                 seed=config.seed)
+        log(f"head initialised at the learned whitening of the pooled features of the training "
+            f"images and {copies} augmented copies (shrinkage {e.whitening_shrinkage:g}, "
+            f"condition number {condition:.3g})")
+        return
+    kept = model_mod.set_head_pca(model, pooled, config.seed)
     log(f"head initialised from the PCA of the pooled features of the training images and "
         f"{copies} augmented copies ({kept:.1%} of their energy)")
+
+
+def pooled_training_features(config, model, train_x):
+    """Pooled features of the training images and ``pca_copies`` augmented copies.
+
+    Returns
+    -------
+    (features, copies) : array of shape ((copies + 1) * n, d), rows of copy
+        ``c`` of every image after those of copy ``c - 1``; and ``copies``.
+    """
+    from imgsim import model as model_mod
+
+    if config.mode != "fast":
+        from imgsim.augment import build_augmentation
+
+        return model_mod.pooled_features(model, train_x, build_augmentation(config.augment),
+                                         config.pca_copies), config.pca_copies
+    features = model_mod.split_at_cut(model, config.embedding, features_only=True)
+    copies = min(config.pca_copies, train_x[0].shape[1] - 1)
+    pooled = []
+    for c in range(copies + 1):  # copy-major, as in full mode
+        x = [f[:, c] for f in train_x]
+        pooled.append(np.concatenate([features.predict_on_batch(
+            [v[i:i + 64].astype(np.float32) for v in x]) for i in range(0, len(x[0]), 64)]))
+    return np.concatenate(pooled), copies
 
 
 def training_batches(config, train_x, train_y, datasets):
@@ -663,7 +684,7 @@ def fit(config):
         raise ConfigError(f"{config.data}: the training split has fewer than 2 scenes")
 
     keras.utils.set_random_seed(config.seed)
-    model, net, trained, optimizer = build_networks(config, train_x, resuming, log)
+    model, net, trained, optimizer = build_networks(config, train_x, train_y, resuming, log)
     batches = training_batches(config, train_x, train_y, parts["train"][2])
     val_loss = make_loss(config.miner, config.margin, config.distance_metric, config.soft)
 

@@ -315,3 +315,24 @@ def test_linear_identity_head_starts_at_the_imagenet_features(rng):
     np.testing.assert_allclose(embed(model, x), base, atol=1e-5)
     with pytest.raises(ConfigError, match="head_init='identity' needs head='linear'"):
         EmbeddingConfig(head_init="identity")
+
+
+def test_learned_whitening_head_against_numpy(rng):
+    """z = C^(-1/2) (x - mean) for the shrunk covariance of same-scene differences (eigh, numpy)."""
+    from imgsim.model import set_head_whitening
+
+    config = EmbeddingConfig(alpha=0.35, image_size=64, head="linear", head_init="whitening",
+                             embedding_dim=1280, trainable_layers=0)
+    model = build_embedding_model(config)
+    labels = np.repeat(np.arange(4), 3)
+    features = rng.normal(size=(12, 1280)) + 3 * rng.normal(size=(4, 1280))[labels]
+    set_head_whitening(model, features, labels, shrinkage=0.3)
+    i, j = zip(*[(a, b) for a in range(12) for b in range(a + 1, 12) if labels[a] == labels[b]])
+    d = features[list(i)] - features[list(j)]
+    c = 0.7 * d.T @ d / len(d) + 0.3 * np.trace(d.T @ d / len(d)) / 1280 * np.eye(1280)
+    w, v = np.linalg.eigh(c)
+    want = (features - features.mean(0)) @ (v @ np.diag(w ** -0.5) @ v.T)
+    kernel, bias = model.get_layer("projection").get_weights()
+    np.testing.assert_allclose(features @ kernel + bias, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    with pytest.raises(ConfigError, match="head_init='whitening' needs head='linear'"):
+        EmbeddingConfig(head_init="whitening")
