@@ -61,6 +61,7 @@ class FeatureCache:
 
     def __init__(self, folder=None):
         self.folder = folder or default_cache_dir()
+        self._stems = {}  # EmbeddingConfig (JSON) -> its frozen stems, built once per cache object
 
     def _path(self, key):
         return os.path.join(self.folder, key[:2], key + ".npy")
@@ -109,7 +110,10 @@ class FeatureCache:
                                           on_error=on_error, bad=bad, progress=progress)
             ok[np.array(missing)[~decoded]] = False
             todo = [i for i, d in zip(missing, decoded) if d]
-            stems = frozen_stems(embedding)
+            config_key = json.dumps(embedding.to_dict(), sort_keys=True)
+            if config_key not in self._stems:
+                self._stems[config_key] = frozen_stems(embedding)
+            stems = self._stems[config_key]
             pipeline = build_augmentation(augment) if copies else None
             per_batch = max(1, batch_size // (copies + 1))
             starts = range(0, len(todo), per_batch)

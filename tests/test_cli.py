@@ -88,3 +88,29 @@ def test_score_verb_refuses_a_binary_file(tmp_path, capsys):
     assert main(["score", str(gt), str(tmp_path / "sub.csv")]) == 2
     err = capsys.readouterr().err
     assert "sub.csv: cannot read as CSV" in err and "Traceback" not in err
+
+
+def test_crossval_and_train_options_reach_the_configs_and_all_have_help(capsys):
+    from imgsim import crossval
+    from imgsim.cli import _CROSSVAL_ONLY, _NOT_TRAINING, _train_config, build_parser
+
+    parser = build_parser(["crossval"])
+    sub = next(a for a in parser._actions if a.dest == "command").choices["crossval"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+    args = parser.parse_args(["crossval", "--miner", "hard", "--l2sp", "0.01", "--xbm-size", "64",
+                              "--pooling", "gem", "--ensemble-alpha", "0.35", "--folds", "3",
+                              "--group-by-dataset", "--cv-val-fraction", "0.3", "--head", "none"])
+    config = crossval.flat_config(**{k: v for k, v in vars(args).items()
+                                     if k not in _NOT_TRAINING and k not in _CROSSVAL_ONLY})
+    t, e = config.train, config.train.embedding
+    assert (t.miner, t.l2sp, t.xbm_size, t.mode, e.pooling, e.ensemble_alpha, e.trainable_layers,
+            e.head) == ("hard", 0.01, 64, "fast", "gem", 0.35, 0, "none")
+    assert (config.folds, config.group_by_dataset, config.val_fraction) == (3, True, 0.3)
+    train = build_parser(["train"]).parse_args(["train", "--soft", "--miner", "all",
+                                                "--unfreeze-every", "2", "--mode", "fast"])
+    t = _train_config(train)
+    assert (t.soft, t.miner, t.unfreeze_every, t.mode, t.embedding.hidden_dim) == (True, "all", 2, "fast", 256)
+    assert main(["crossval", "--from-sweep", "reports/sweeps/x"]) == 2
+    assert "ConfigError: --from-sweep needs --report-dir" in capsys.readouterr().err
