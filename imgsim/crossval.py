@@ -633,8 +633,8 @@ def sweep_report(results, report_dir, figures=HEADLINE):
 
     rows = []
     for r in results:
-        row = {"recipe": r["name"], "mode": r["config"]["train"]["mode"],
-               "folds": len(r["folds"])}
+        mode = "untrained" if r["config"].get("untrained") else r["config"]["train"]["mode"]
+        row = {"recipe": r["name"], "mode": mode, "folds": len(r["folds"])}
         for name in FIGURES:
             v = r["pooled"][name]
             row.update({f"{name}": v["recipe"], f"{name}_imagenet": v["imagenet"],
@@ -664,6 +664,12 @@ def sweep_report(results, report_dir, figures=HEADLINE):
                     f"{_cell(row[f'{name}_high'], 4)}]")
             cells.append(f"**{text}**" if row[f"{name}_low"] > 0 else text)
         lines.append(f"| {row['recipe']} | {row['mode']} | " + " | ".join(cells) + " |")
+    verdict = ("beats ImageNet on mAP@R (interval above 0)" if beats else
+               "does not beat ImageNet on mAP@R (no trained recipe's interval lies above 0)")
+    lines += ["", f"Recommended ({RECOMMENDATION_RULE}): **{recommended}**, which {verdict}.",
+              "", f"Folds: {len(results[0]['folds'])} by scene, {sum(len(f['test_scenes']) for f in results[0]['folds'])} "
+              "scenes; the same folds for every recipe (seed "
+              f"{results[0]['config']['fold_seed']})."]
     atomic_write_text(os.path.join(report_dir, "summary.md"), "\n".join(lines) + "\n")
     ordered = {r["name"]: r["pooled"] for r in sorted(
         results, key=lambda r: -r["pooled"][figures[0]]["difference"])}

@@ -166,8 +166,9 @@ def test_sweep_report_marks_intervals_above_zero(tmp_path):
                   for f in ("precision_at_1", "recall_at_5", "map_at_r",
                             "within_dataset_precision_at_1", "roc_auc", "tpr_at_fpr_1pct",
                             "shortlist_recall_at_10")}
-        return {"name": name, "pooled": pooled, "folds": [], "config": {
-            "level": 0.95, "train": {"mode": "fast"}}}
+        folds = [{"test_scenes": ["d/a", "d/b"]}, {"test_scenes": ["d/c"]}]
+        return {"name": name, "pooled": pooled, "folds": folds, "config": {
+            "level": 0.95, "fold_seed": 0, "train": {"mode": "fast"}}}
 
     table = sweep_report([result("worse", -0.05), result("better", 0.01)], str(tmp_path))
     assert list(table["recipe"]) == ["better", "worse"]
@@ -175,5 +176,8 @@ def test_sweep_report_marks_intervals_above_zero(tmp_path):
     assert "| better | fast | **+0.0200 [0.0100, 0.0300]**" in text
     assert "| worse | fast | -0.0400 [-0.0500, -0.0300]" in text
     assert (tmp_path / "paired_differences.png").stat().st_size > 1000
-    assert set(json.load(open(tmp_path / "metrics.json"))["recipes"]) == {"better", "worse"}
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert set(saved["recipes"]) == {"better", "worse"}
+    assert saved["recommended"] == "better" and saved["beats_imagenet"] is True
+    assert "Folds: 2 by scene, 3 scenes" in text
     assert os.path.exists(tmp_path / "summary.md")
