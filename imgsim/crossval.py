@@ -597,6 +597,15 @@ RECOMMENDATION_RULE = (
     "the largest within-dataset P@1 difference (what fine-tuning is still good for)")
 
 
+def _mode_label(config):
+    """"untrained", "full" or "fast", with the number of backbone layers trained if any."""
+    if config.get("untrained"):
+        return "untrained"
+    train = config["train"]
+    layers = train["embedding"]["trainable_layers"]
+    return train["mode"] + (f", top {layers} layers" if layers else ", backbone frozen")
+
+
 def recommend(results):
     """The recipe :data:`RECOMMENDATION_RULE` picks, and whether it beats ImageNet on mAP@R.
 
@@ -633,7 +642,7 @@ def sweep_report(results, report_dir, figures=HEADLINE):
 
     rows = []
     for r in results:
-        mode = "untrained" if r["config"].get("untrained") else r["config"]["train"]["mode"]
+        mode = _mode_label(r["config"])
         row = {"recipe": r["name"], "mode": mode, "folds": len(r["folds"])}
         for name in FIGURES:
             v = r["pooled"][name]
@@ -666,7 +675,11 @@ def sweep_report(results, report_dir, figures=HEADLINE):
         lines.append(f"| {row['recipe']} | {row['mode']} | " + " | ".join(cells) + " |")
     verdict = ("beats ImageNet on mAP@R (interval above 0)" if beats else
                "does not beat ImageNet on mAP@R (no trained recipe's interval lies above 0)")
+    trained = sum(not r["config"].get("untrained") for r in results)
     lines += ["", f"Recommended ({RECOMMENDATION_RULE}): **{recommended}**, which {verdict}.",
+              "", f"Each interval is {level} % for its own recipe; {trained} trained recipes were "
+              "compared without a correction for multiple comparisons, so an interval that only "
+              "just clears 0 is weak evidence on its own.",
               "", f"Folds: {len(results[0]['folds'])} by scene, {sum(len(f['test_scenes']) for f in results[0]['folds'])} "
               "scenes; the same folds for every recipe (seed "
               f"{results[0]['config']['fold_seed']})."]

@@ -168,13 +168,13 @@ def test_sweep_report_marks_intervals_above_zero(tmp_path):
                             "shortlist_recall_at_10")}
         folds = [{"test_scenes": ["d/a", "d/b"]}, {"test_scenes": ["d/c"]}]
         return {"name": name, "pooled": pooled, "folds": folds, "config": {
-            "level": 0.95, "fold_seed": 0, "train": {"mode": "fast"}}}
+            "level": 0.95, "fold_seed": 0, "train": {"mode": "fast", "embedding": {"trainable_layers": 0}}}}
 
     table = sweep_report([result("worse", -0.05), result("better", 0.01)], str(tmp_path))
     assert list(table["recipe"]) == ["better", "worse"]
     text = (tmp_path / "summary.md").read_text()
-    assert "| better | fast | **+0.0200 [0.0100, 0.0300]**" in text
-    assert "| worse | fast | -0.0400 [-0.0500, -0.0300]" in text
+    assert "| better | fast, backbone frozen | **+0.0200 [0.0100, 0.0300]**" in text
+    assert "| worse | fast, backbone frozen | -0.0400 [-0.0500, -0.0300]" in text
     assert (tmp_path / "paired_differences.png").stat().st_size > 1000
     saved = json.load(open(tmp_path / "metrics.json"))
     assert set(saved["recipes"]) == {"better", "worse"}
