@@ -16,8 +16,12 @@ that needs them is imported.
 from imgsim.errors import (
     ConfigError,
     DataLayoutError,
+    DataWarning,
+    EmbeddingError,
     ImageDecodeError,
     ImgsimError,
+    LockedError,
+    OutputError,
     WeightsNotFoundError,
 )
 
@@ -26,8 +30,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataLayoutError",
+    "DataWarning",
+    "EmbeddingError",
     "ImageDecodeError",
     "ImgsimError",
+    "LockedError",
+    "OutputError",
     "WeightsNotFoundError",
     "__version__",
 ]
