@@ -12,7 +12,10 @@
 
 Every file is replaced atomically. A run killed at any point (SIGKILL
 included) and started again with the same configuration resumes from its last
-finished epoch; a finished run started again does nothing and says so.
+finished epoch; a finished run started again does nothing and says so. One
+process at a time works in a run folder (``.lock``); a folder made with other
+settings is refused, naming them; a run that fails before its first epoch
+leaves no folder behind (:class:`RunFolder`).
 """
 
 import csv
