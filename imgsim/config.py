@@ -72,6 +72,11 @@ class DictConfig:
             elif kind is int and not isinstance(value, int):
                 setattr(self, f.name, int(value))
 
+    def validate(self):
+        """Check the fields again (after a change to an attribute); returns ``self``."""
+        self.__post_init__()
+        return self
+
     def to_dict(self):
         return asdict(self)
 

@@ -89,7 +89,7 @@ def compare_on_test_scenes(run, train_config, batch_size=32):
 
 def run_demo(config=None):
     """Train, evaluate both models on the test scenes, print and save the table."""
-    config = config or DemoConfig()
+    config = (config or DemoConfig()).validate()
     check_output_dir(config.report_dir, "report_dir")  # before training, not after
     run = fit(config.train)
     split = data_mod.Split.from_dict(run["split"])

@@ -316,7 +316,7 @@ def _retrieval_and_clustering(dist, inliers, fused, labels, scenes, thresholds, 
 
 def evaluate(config=None):
     """Run the whole evaluation and write the report; returns ``metrics.json``'s content."""
-    config = config or EvalConfig()
+    config = (config or EvalConfig()).validate()
     model, table, split, report_dir = _load(config)
     os.makedirs(report_dir, exist_ok=True)
     evidence = Evidence(model, config.sift, FeatureCache(config.cache_dir), config.workers)

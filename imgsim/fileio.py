@@ -140,25 +140,30 @@ def check_output_dir(path, name):
     OutputError
         The first existing folder on the way is not writable.
     """
-    path = os.fspath(path)
-    existing = os.path.abspath(path)
+    return _check_folder(os.fspath(path), name, os.fspath(path))
+
+
+def _check_folder(folder, name, shown):
+    """:func:`check_output_dir` of ``folder``; messages name ``shown`` (the argument's value)."""
+    existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        where = "is a file" if existing == os.path.abspath(path) else f"{existing} is a file"
-        raise ConfigError(f"{name} {path}: {where}, expected a folder")
+        where = "is a file" if existing == os.path.abspath(shown) else f"{existing} is a file"
+        raise ConfigError(f"{name} {shown}: {where}, expected a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{name} {path}: {existing} is not writable")
-    return path
+        raise OutputError(f"{name} {shown}: {existing} is not writable")
+    return shown
 
 
 def check_output_file(path, name):
     """Raise unless ``path`` can be written as a file: not a folder, in a writable folder."""
     path = os.fspath(path)
+    if not path:
+        raise ConfigError(f"{name}: an empty file name")
     if os.path.isdir(path) or path.endswith(os.sep):
         raise ConfigError(f"{name} {path}: is a directory, expected a file name")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), name)
-    return path
+    return _check_folder(os.path.dirname(os.path.abspath(path)), name, path)
 
 
 # --------------------------------------------------------------------------- locks

@@ -49,6 +49,7 @@ from imgsim.fileio import (
     check_folder_name,
     check_output_dir,
     read_json,
+    read_text,
 )
 
 OK, FAILED = "ok", "failed"
@@ -98,16 +99,11 @@ def _yaml(path):
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such experiment file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected an experiment .yaml file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        text = read_text(path)
+    except DataLayoutError as exc:  # missing, a folder, not UTF-8
+        raise ConfigError(str(exc)) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

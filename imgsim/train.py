@@ -584,6 +584,7 @@ def fit(config):
     dict
         The run's ``metrics.json`` content plus ``run_dir``.
     """
+    config.validate()  # attributes may have been changed since construction
     run_dir = config.run_dir()
     metrics_path = os.path.join(run_dir, "metrics.json")
     with RunFolder(config, run_dir) as folder:
