@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from imgsim.errors import ImgsimError
+from imgsim.errors import DataWarning, ImgsimError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -344,23 +344,22 @@ def main(argv=None):
     # Before the parser: building train's arguments imports TensorFlow.
     set_verbosity(-1 if {"-q", "--quiet"} & set(argv) else 1 if {"-v", "--verbose"} & set(argv) else 0)
     args = build_parser(argv).parse_args(argv)
-    shown = warnings.showwarning
-    warnings.showwarning = _one_line_warning
-    try:
-        return args.func(args) or 0
-    except ImgsimError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if exc.filename is None or errno.errorcode.get(exc.errno) not in _ENVIRONMENT_ERRNOS:
-            raise
-        print(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        warnings.showwarning = shown
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", DataWarning)  # each run says what it repaired
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args) or 0
+        except ImgsimError as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            if exc.filename is None or errno.errorcode.get(exc.errno) not in _ENVIRONMENT_ERRNOS:
+                raise
+            print(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
