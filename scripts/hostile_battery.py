@@ -12,6 +12,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -62,10 +63,6 @@ def run(args):
             json.dump(rows, f, indent=1)
 
 
-def cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def read_rows(path):
     """Rows from a --json file or from the JSON lines the script prints."""
     text = open(path).read()
@@ -75,17 +72,42 @@ def read_rows(path):
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+CASE_DIR = re.compile(r"/tmp/[\w.-]*hostile-[^/\s]*/(\d+-[^/\s]+/)?")
+
+
+def cell(text, width=160):
+    """A table cell: the case's temporary folder left out, cut to ``width``, pipes escaped."""
+    text = CASE_DIR.sub("", str(text)).replace("\n", " ")
+    text = text if len(text) <= width else text[:width - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def verdict_cell(row):
+    if row.get("code") in ("skipped", "not run"):
+        return str(row["code"])
+    problems = row.get("problems") or []
+    if not problems:
+        return "ok"
+    changed = row.get("changed") or []
+    text = "; ".join(p for p in problems if not p.startswith("files changed"))
+    if changed:
+        stubs = sorted({"/".join(c.split("/")[:2]) for c in changed})
+        text += ("; " if text else "") + "left behind: " + ", ".join(stubs[:3])
+    return cell(text, 120)
+
+
 def compare(before_path, after_path):
     before = {r["id"]: r for r in read_rows(before_path)}
     after = read_rows(after_path)
-    print("| case | item | before: exit, message | after: exit, message | after passes |")
-    print("|---|---|---|---|---|")
+    print("| case | item | before: exit, message | before | after: exit, message | after |")
+    print("|---|---|---|---|---|---|")
     for r in after:
-        b = before.get(r["id"], {"code": "–", "message": "(not run)", "problems": []})
-        extra = f" (changed: {', '.join(b['changed'])})" if b.get("changed") else ""
-        print(f"| {r['id']} | {r['item']} | {cell(b['code'])}: {cell(b['message'][:140])}{cell(extra)} | "
-              f"{cell(r['code'])}: {cell(r['message'][:140])} | "
-              f"{'yes' if not r['problems'] else 'NO: ' + cell('; '.join(r['problems']))} |")
+        b = before.get(r["id"], {"code": "–", "message": "(not run)", "problems": ["not run"]})
+        print(f"| {r['id']} | {r['item']} | {cell(b['code'])}: {cell(b['message'])} | {verdict_cell(b)} | "
+              f"{cell(r['code'])}: {cell(r['message'])} | {verdict_cell(r)} |")
+    passed = lambda rows: sum(1 for x in rows if not x.get("problems"))  # noqa: E731
+    print(f"\n{len(after)} cases; pass before: {passed(before.get(r['id'], {'problems': [1]}) for r in after)}, "
+          f"after: {passed(after)}")
 
 
 def main():
