@@ -357,6 +357,10 @@ def main(argv=None):
                 raise
             print(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 2
+        except MemoryError as exc:  # numpy says how much it tried to allocate
+            print(f"MemoryError: {exc or 'out of memory'} (smaller images, batches or data?)",
+                  file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -35,6 +35,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -53,6 +54,7 @@ from imgsim.fileio import (
 )
 
 OK, FAILED = "ok", "failed"
+MAX_RUNS = 10_000  # runs in one experiment: a grid beyond this is a slip, not a plan
 OUTPUT_DIR = "output_dir"  # the parameter through which the sweep gives each run its folder
 
 
@@ -181,12 +183,18 @@ def load_experiment(path):
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{path}: grid: {key}: expected a non-empty list of values")
+        combinations = math.prod(len(values) for values in grid.values())
+        if combinations > MAX_RUNS:
+            raise ConfigError(f"{path}: grid: {combinations} combinations, at most {MAX_RUNS} "
+                              "(sweep fewer values, or give a list of the runs)")
         runs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
         section = "grid"
     else:
         runs = spec["list"]
         if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
             raise ConfigError(f"{path}: list: expected a non-empty list of parameter mappings")
+        if len(runs) > MAX_RUNS:
+            raise ConfigError(f"{path}: list: {len(runs)} runs, at most {MAX_RUNS}")
         section = "list"
     for where, values in [("parameters", base)] + [(section, run) for run in runs]:
         for key, value in values.items():

@@ -160,6 +160,7 @@ class Ctx:
         self.dir = str(folder)
         self.res = resources
         self.vars = {"dir": self.dir}
+        self.skip_reason = "this machine cannot set the case up"
         self._mounts = []
         os.makedirs(self.dir, exist_ok=True)
 
@@ -198,6 +199,9 @@ class Ctx:
         path = self.path(rel)
         os.makedirs(path, exist_ok=True)
         options = f"size={size_kb}k" + (",ro" if read_only else "")
+        if os.environ.get("IMGSIM_HOSTILE_NO_MOUNT"):  # to try the non-root paths as root
+            self.skip_reason = "IMGSIM_HOSTILE_NO_MOUNT is set"
+            return None
         try:
             done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
                                   capture_output=True, timeout=10).returncode == 0
@@ -206,6 +210,7 @@ class Ctx:
         if done:
             self._mounts.append(path)
             return path
+        self.skip_reason = "cannot mount a tiny tmpfs here (needs root)"
         return None
 
     def read_only(self, rel):
@@ -407,7 +412,7 @@ def run_case(case, ctx, timeout=180):
             return results
         target = case.setup(ctx)
         if target is None:
-            return [("", Result("skipped", "", "(this machine cannot set the case up)"))]
+            return [("", Result("skipped", "", ctx.skip_reason))]
         before = snapshot(ctx.dir)
         code, out, err = call(target, timeout)
         after = snapshot(ctx.dir)
@@ -760,7 +765,8 @@ def _(ctx):
     """Disk full without root (where a tiny tmpfs cannot be mounted): every fsync fails with
     ENOSPC, monkeypatched for the call."""
     if _can_mount(ctx):
-        return None  # train-disk-full-* run on a real full disk here
+        ctx.skip_reason = "a real full tmpfs is used here (train-disk-full-*)"
+        return None
 
     def target():
         from imgsim.cli import main
@@ -908,7 +914,8 @@ def _(ctx):
 @case("embed-write-fails-enospc", "10", names=("emb.npz", "No space left"))
 def _(ctx):
     if _can_mount(ctx):
-        return None  # embed-out-disk-full runs on a real full disk here
+        ctx.skip_reason = "a real full tmpfs is used here (embed-out-disk-full)"
+        return None
     ctx.write("emb.npz", b"earlier result")
 
     def target():
@@ -1181,6 +1188,10 @@ for _id, _item, _text, _names, _raw in [
      "  - {{per_scene: 1}}\n", ("e.yaml", "list", "1 and 3"), None),
     ("sweep-duplicate-grid-value", "9", "notebook: {nb}\ngrid:\n  per_scene: [1, 1]\n",
      ("e.yaml", "grid"), None),
+    ("sweep-grid-too-large", "10", "notebook: {nb}\ngrid:\n" + "".join(
+        f"  {p}: [{', '.join(str(i) for i in range(20))}]\n" for p in ("per_scene", "thumbnail_size",
+                                                                      "max_scenes", "data_root")),
+     ("e.yaml", "160000 combinations"), None),
     ("sweep-output-dir-in-grid", "9", "notebook: {nb}\ngrid:\n  output_dir: [a, b]\n",
      ("e.yaml", "output_dir"), None),
     ("sweep-output-dir-in-parameters", "9", "notebook: {nb}\nparameters: {{output_dir: x}}\n"
