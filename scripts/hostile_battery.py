@@ -105,9 +105,12 @@ def compare(before_path, after_path):
         b = before.get(r["id"], {"code": "–", "message": "(not run)", "problems": ["not run"]})
         print(f"| {r['id']} | {r['item']} | {cell(b['code'])}: {cell(b['message'])} | {verdict_cell(b)} | "
               f"{cell(r['code'])}: {cell(r['message'])} | {verdict_cell(r)} |")
-    passed = lambda rows: sum(1 for x in rows if not x.get("problems"))  # noqa: E731
-    print(f"\n{len(after)} cases; pass before: {passed(before.get(r['id'], {'problems': [1]}) for r in after)}, "
-          f"after: {passed(after)}")
+    def passed(rows):
+        return sum(1 for x in rows if not x.get("problems") and x.get("code") not in ("skipped", "not run"))
+
+    skipped = sum(1 for r in after if r.get("code") == "skipped")
+    print(f"\n{len(after)} cases ({skipped} skipped here); pass before: "
+          f"{passed(before.get(r['id'], {'problems': [1]}) for r in after)}, after: {passed(after)}")
 
 
 def main():
