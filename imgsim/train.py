@@ -556,9 +556,9 @@ class RunFolder:
         if differ:
             shown = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in differ[:6])
             more = f"; and {len(differ) - 6} more" if len(differ) > 6 else ""
-            state = "finished" if finished else "unfinished"
+            state = "a finished" if finished else "an unfinished"
             raise ConfigError(
-                f"{self.run_dir}: an {state} run with other settings ({shown}{more}); give "
+                f"{self.run_dir}: {state} run with other settings ({shown}{more}); give "
                 f"another run_name (--run-name), or the run's own settings to "
                 f"{'reuse' if finished else 'resume'} it")
         return finished
