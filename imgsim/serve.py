@@ -77,18 +77,20 @@ def notebook_parameters(model=None, data=None, report="auto", image_size=224, se
             "max_upload_mb": float(max_upload_mb)}
 
 
-def _prelaunch(parameters):
+def _prelaunch(notebook_path, parameters):
     """Voilà's pre-launch hook: set the ``_xsrf`` cookie, inject the parameters."""
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     def hook(request_handler, notebook, cwd):
         request_handler.xsrf_token  # noqa: B018  (reading it sets the cookie the shutdown beacon sends)
-        return parameterize_notebook(notebook, parameters)
+        return parameterize_notebook(load_notebook_node(notebook_path), parameters)
 
     return hook
 
 
-def voila_config(parameters, port=8866, ip="127.0.0.1", cull_idle_timeout=120, open_browser=False):
+def voila_config(notebook, parameters, port=8866, ip="127.0.0.1", cull_idle_timeout=120,
+                 open_browser=False):
     """The traitlets configuration of the Voilà app (see the module docstring)."""
     from traitlets.config import Config
 
@@ -100,7 +102,7 @@ def voila_config(parameters, port=8866, ip="127.0.0.1", cull_idle_timeout=120, o
     c.Voila.tornado_settings = {"websocket_max_message_size": 2 * max_bytes + 2**24}
     c.VoilaConfiguration.template = "imgsim"
     c.VoilaConfiguration.show_tracebacks = False
-    c.VoilaConfiguration.prelaunch_hook = _prelaunch(parameters)
+    c.VoilaConfiguration.prelaunch_hook = _prelaunch(notebook, parameters)
     c.MappingKernelManager.cull_idle_timeout = int(cull_idle_timeout)
     c.MappingKernelManager.cull_interval = max(1, min(60, int(cull_idle_timeout) // 2))
     c.MappingKernelManager.cull_connected = False  # a page still open keeps its kernel
@@ -135,13 +137,20 @@ def serve(model=None, data=None, report="auto", port=8866, ip="127.0.0.1", image
     parameters = notebook_parameters(model, data, report, image_size, session_file, max_upload_mb)
     check_port(port, ip)
 
-    # Voilà finds the imgsim template on the Jupyter data path.
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        [TEMPLATES] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
     import tornado.ioloop
+    import voila
     from voila.app import Voila
 
-    app = Voila(config=voila_config(parameters, port, ip, cull_idle_timeout, open_browser))
+    # Voilà finds the imgsim template on the Jupyter data path, and the lab template it extends
+    # in the data folder pip installed Voilà's files to (<prefix>/share/jupyter), also when this
+    # interpreter's prefix is another (a venv layered over another environment).
+    voila_data = os.path.abspath(os.path.join(os.path.dirname(voila.__file__), *[os.pardir] * 4,
+                                              "share", "jupyter"))
+    extra = [TEMPLATES] + ([voila_data] if os.path.isdir(os.path.join(voila_data, "voila")) else [])
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        extra + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+
+    app = Voila(config=voila_config(notebook, parameters, port, ip, cull_idle_timeout, open_browser))
     try:
         app.initialize([notebook])
     except (ValueError, OSError) as exc:

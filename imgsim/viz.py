@@ -304,7 +304,7 @@ def _scaled(image, width):
     return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation), factor
 
 
-def draw_keypoints(image, keypoints, width=480, max_points=400, seed=0):
+def draw_keypoints(image, keypoints, width=480, max_points=300, seed=0):
     """Keypoints (n, 2) in ``image`` pixels drawn as small circles on ``image`` shown ``width`` px wide.
 
     Returns

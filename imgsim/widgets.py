@@ -308,13 +308,11 @@ def _error(text):
     return f"<span class='imgsim-error'>{_escape(text)}</span>"
 
 
-def _thumbnail_png(image, height=150):
-    """A small PNG of a path or array, for the source previews."""
-    from imgsim import viz
-
+def _thumbnail(image, height=150):
+    """A small RGB array of a path or array (EXIF orientation applied), for the source previews."""
     rgb = images_mod.load_image(image) if isinstance(image, (str, os.PathLike)) else image
     width = max(1, int(round(rgb.shape[1] * height / rgb.shape[0])))
-    return viz.png_bytes(images_mod.resize(rgb, (height, width)))
+    return images_mod.resize(rgb, (height, width))
 
 
 class PairInspector:
@@ -350,7 +348,7 @@ class PairInspector:
 
     def __init__(self, model, table, sift_config=None, fusion=None, thresholds=None,
                  max_upload_bytes=MAX_UPLOAD_BYTES, calibration=None, model_name=None,
-                 session_file=None, display_width=960, max_lines=150,
+                 session_file=None, display_width=960, max_lines=60,
                  max_upload_pixels=MAX_UPLOAD_PIXELS):
         import ipywidgets as w
 
@@ -382,7 +380,7 @@ class PairInspector:
             use = w.ToggleButtons(options=[("dataset image", "dataset"), ("upload", "upload")],
                                   value="dataset", description=f"compare {label}",
                                   tooltips=["the image picked above", "the uploaded file"])
-            preview = w.Image(format="png", layout=w.Layout(height="150px", width="auto"))
+            preview = w.Image(format="png")
             caption = w.HTML("")
             caption.add_class("imgsim-source")
             self.pickers[side] = {"scene": scene, "image": image, "upload": upload, "use": use,
@@ -397,7 +395,7 @@ class PairInspector:
             rows.value = rows.options[1][1]
 
         self.sliders = {
-            "dl": w.FloatSlider(value=start["dl"], min=60.0, max=100.0, step=0.1,
+            "dl": w.FloatSlider(value=start["dl"], min=60.0, max=100.0, step=0.01,
                                 description="similarity %", continuous_update=True),
             "sift": w.IntSlider(value=start["sift"], min=0, max=500, description="inliers"),
             "fused": w.FloatSlider(value=start["fused"], min=0.0, max=1.0, step=0.01,
@@ -512,6 +510,7 @@ class PairInspector:
                                  max_pixels=self.max_upload_pixels)
         except ImgsimError as exc:  # what was compared stays as it was
             self.message.value = _error(exc)
+            self.pickers[side]["upload"].value = ()  # the button shows no file that is not used
             return
         digest = hashlib.sha256(bytes(content)).hexdigest()[:16]
         name = "upload " + os.path.basename(item["name"])[:80]
@@ -552,10 +551,15 @@ class PairInspector:
             (p[key].remove_class if source.kind == "dataset" else p[key].add_class)("imgsim-inactive")
         p["caption"].value = (f"<span class='imgsim-note' data-kind='{source.kind}'>comparing "
                               f"<b>{_escape(source.name)}</b><br>{_escape(source.full)}</span>")
+        from imgsim import viz
+
         try:
-            p["preview"].value = _thumbnail_png(source.image)
+            thumbnail = _thumbnail(source.image)
         except ImgsimError as exc:
             self.message.value = _error(exc)
+            return
+        p["preview"].value = viz.png_bytes(thumbnail)
+        p["preview"].width, p["preview"].height = str(thumbnail.shape[1]), str(thumbnail.shape[0])
 
     def source(self, side):
         """(cache key, image path or array, display name) of what one side compares."""

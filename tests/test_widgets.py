@@ -134,7 +134,7 @@ def test_uploads_and_pickers_are_one_source_of_truth(setup, photo_path):
     inspector.compare(wait=True)
     assert inspector.result.name_a == os.path.basename(picked)
     assert inspector.result.distance == pytest.approx(distance_of(model, picked, b), abs=1e-6)
-    assert inspector.pickers["a"]["preview"].value == widgets._thumbnail_png(picked)
+    assert inspector.pickers["a"]["preview"].value == viz.png_bytes(widgets._thumbnail(picked))
     # The upload is kept: the toggle brings it back.
     inspector.pickers["a"]["use"].value = "upload"
     assert inspector.source("a")[2] == "upload mine.jpg"
