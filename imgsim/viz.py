@@ -185,7 +185,8 @@ def _palette(n):
 def image_grid(groups, title=None):
     """One row per group of thumbnails: ``[(label, [image, ...]), ...]``."""
     n_cols = max(len(images) for _, images in groups)
-    fig = _figure(figsize=(1.6 * n_cols + 1.5, 1.6 * len(groups)))
+    fig = _figure(figsize=(1.6 * n_cols + 1.5, 1.6 * len(groups) + (0.4 if title else 0)),
+                  layout="constrained")
     for r, (label, images) in enumerate(groups):
         for c, image in enumerate(images):
             ax = fig.add_subplot(len(groups), n_cols, r * n_cols + c + 1)
