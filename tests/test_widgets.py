@@ -249,3 +249,22 @@ def test_nearest_matches_brute_force(setup):
     inspector.pickers["a"]["image"].value = query
     inspector.show_nearest(k=3)
     assert inspector.nearest_image.value[:4] == b"\x89PNG"
+
+
+def test_default_inspector_picks_model_data_and_calibration(setup, mini_imc, tmp_path, monkeypatch):
+    model, _ = setup
+    built = []
+    monkeypatch.setattr(widgets, "_demo_model", lambda: None)  # as in a fresh clone
+    monkeypatch.setattr("imgsim.model.build_imagenet_baseline", lambda config: built.append(config) or model)
+    auto = widgets.default_inspector(data_root=str(mini_imc), image_size=224)
+    assert auto.calibration.report == os.path.abspath(SHIPPED) and built[-1].image_size == 224
+    assert set(auto.table["path"]) == set(load_table(str(mini_imc))["path"])
+    assert widgets.default_inspector(image_size=96).calibration is None  # not the model it measured
+    assert widgets.default_inspector(report=None).calibration is None
+    from imgsim.model import save_model
+
+    path = str(tmp_path / "run" / "best.keras")
+    save_model(model, path)
+    chosen = widgets.default_inspector(model_path=path, report=SHIPPED)
+    assert chosen.model_name == os.path.dirname(path) and chosen.calibration is not None
+    assert "the report measured imagenet@224" in chosen.calibration_note.value
