@@ -395,10 +395,11 @@ class PairInspector:
             rows.value = rows.options[1][1]
 
         self.sliders = {
-            "dl": w.FloatSlider(value=start["dl"], min=60.0, max=100.0, step=0.01,
+            # Fine steps: a calibrated threshold stays what the report fitted.
+            "dl": w.FloatSlider(value=start["dl"], min=60.0, max=100.0, step=0.001, readout_format=".2f",
                                 description="similarity %", continuous_update=True),
             "sift": w.IntSlider(value=start["sift"], min=0, max=500, description="inliers"),
-            "fused": w.FloatSlider(value=start["fused"], min=0.0, max=1.0, step=0.01,
+            "fused": w.FloatSlider(value=start["fused"], min=0.0, max=1.0, step=0.001, readout_format=".3f",
                                    description="probability", disabled=self.fusion is None),
         }
         for slider in self.sliders.values():
@@ -710,7 +711,7 @@ class PairInspector:
             if value in (None, "", "None"):
                 return "–"
             same = value in (True, "True")
-            return f"{'same' if same else 'different'} @ {float(threshold):g}"
+            return f"{'same' if same else 'different'} @ {float(threshold):.4g}"
 
         def number(value, digits):
             return "–" if value in (None, "", "None") else f"{float(value):.{digits}f}"
