@@ -120,11 +120,23 @@ def camera_centres(R, t):
 def _moments(src, dst, w):
     """Batched: centroids (B, 3), cross-covariance S[i, j] = sum w a_i b_j (B, 3, 3), spread ratio (B,)."""
     total = w.sum(-1)[:, None]
-    mu_s, mu_d = np.einsum("bn,bnk->bk", w, src) / total, np.einsum("bn,bnk->bk", w, dst) / total
+    mu_s, mu_d = (w[:, None] @ src)[:, 0] / total, (w[:, None] @ dst)[:, 0] / total
     a, b = src - mu_s[:, None], dst - mu_d[:, None]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # no spread: s = inf or nan
-        S = np.einsum("bn,bni,bnj->bij", w, a, b)
-        s = np.sqrt(np.einsum("bn,bnk->b", w, b * b) / np.einsum("bn,bnk->b", w, a * a))
+        S = (a * w[..., None]).transpose(0, 2, 1) @ b
+        s = np.sqrt(np.sum(w * np.sum(b * b, -1), -1) / np.sum(w * np.sum(a * a, -1), -1))
+    return mu_s, mu_d, S, s
+
+
+def _subset_moments(P, Q, W):
+    """:func:`_moments` of B subsets (0/1 rows of W, (B, n)) of the same points P, Q (n, 3), by matrix products."""
+    total = W.sum(-1)
+    mu_s, mu_d = W @ P / total[:, None], W @ Q / total[:, None]
+    S = (W @ (P[:, :, None] * Q[:, None, :]).reshape(-1, 9)).reshape(-1, 3, 3)
+    S -= total[:, None, None] * mu_s[:, :, None] * mu_d[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):  # no spread: s = inf or nan
+        spread_s = W @ np.sum(P * P, 1) - total * np.sum(mu_s * mu_s, 1)
+        s = np.sqrt((W @ np.sum(Q * Q, 1) - total * np.sum(mu_d * mu_d, 1)) / np.where(spread_s > 0, spread_s, 0))
     return mu_s, mu_d, S, s
 
 
@@ -172,8 +184,9 @@ def _sq_err(model, src, dst):
     """Squared distances (B, n) from ``dst`` to the B models applied to ``src`` (n, 3)."""
     mu_s, mu_d, R, s = model
     with np.errstate(invalid="ignore", over="ignore"):
-        moved = s[:, None, None] * np.einsum("bij,bnj->bni", R, src[None] - mu_s[:, None]) + mu_d[:, None]
-        return np.sum((moved - dst) ** 2, axis=-1)
+        A = s[:, None, None] * R
+        moved = src @ A.transpose(0, 2, 1) + (mu_d - np.einsum("bij,bj->bi", A, mu_s))[:, None] - dst
+        return np.sum(moved * moved, axis=-1)
 
 
 def horn_similarity(src, dst):
@@ -219,6 +232,12 @@ def _triplet_chunks(n, max_triplets, seed, chunk):
     yield from np.array_split(rng.permutation(found)[:max_triplets], -(-max_triplets // chunk))
 
 
+def _unique_rows(packed):
+    """Distinct rows of a uint8 array (m, b), by sorting them as one opaque value each."""
+    packed = np.ascontiguousarray(packed)
+    return np.unique(packed.view(np.dtype((np.void, packed.shape[1])))).view(np.uint8).reshape(-1, packed.shape[1])
+
+
 def register_by_ransac(src, dst, thresholds, max_triplets=MAX_TRIPLETS, seed=0, chunk=2048):
     """Register predicted camera centres to ground truth, one best model per threshold.
 
@@ -247,19 +266,17 @@ def register_by_ransac(src, dst, thresholds, max_triplets=MAX_TRIPLETS, seed=0, 
     idx = np.flatnonzero(np.isfinite(src).all(1) & np.isfinite(dst).all(1))
     if len(idx) < 3:
         return err
-    P, Q, k = src[idx], dst[idx], len(idx)
+    P, Q, k = src[idx] - src[idx].mean(0), dst[idx] - dst[idx].mean(0), len(idx)  # errors do not change
     sets = []
     for part in _triplet_chunks(k, max_triplets, seed, chunk):
         d2 = _sq_err(_fit(P[part], Q[part], np.ones(part.shape), _rotation_horn), P, Q)
         inl = (d2[:, None, :] < th2[None, :, None]).reshape(-1, k)
-        sets.append(np.unique(np.packbits(inl[inl.sum(1) > 2], axis=1), axis=0))
-    sets = np.unpackbits(np.unique(np.concatenate(sets), axis=0), axis=1, count=k)
+        sets.append(_unique_rows(np.packbits(inl[inl.sum(1) > 2], axis=1)))
+    sets = np.unpackbits(_unique_rows(np.concatenate(sets)), axis=1, count=k)
     best_n, best_sum, best_d2 = np.full(len(th2), -1), np.full(len(th2), np.inf), err[idx]
     for part in np.array_split(sets, -(-len(sets) // chunk)) if len(sets) else []:
-        shape = (len(part), k, 3)  # refit on each distinct inlier set, all thresholds at once
-        model = _fit(np.broadcast_to(P, shape), np.broadcast_to(Q, shape), part.astype(float),
-                     _rotation_kabsch)
-        d2 = _sq_err(model, P, Q)
+        mu_s, mu_d, S, s = _subset_moments(P, Q, part.astype(float))  # refit on each distinct inlier set
+        d2 = _sq_err((mu_s, mu_d, _rotation_kabsch(S), s), P, Q)
         total = np.nan_to_num(d2.sum(1), nan=np.inf)
         count = (d2[:, :, None] < th2).sum(1)
         for j in range(len(th2)):
