@@ -57,9 +57,13 @@ datasets not in the ground truth (official: extra datasets ignored),
 thresholds that are not positive and finite or fewer than 3. ``official=True``
 also refuses a submission cell the official reader cannot parse (a bare
 ``nan`` or an empty cell: 9 and 3 ``;``-joined values are needed, as in
-Kaggle's ``sample_submission.csv``), uses all triplets, and reports every
-quirk that changes its number as a :class:`ScoreWarning`. A bare ``nan`` in
-the ground truth (as in ``train_labels.csv``) is read as no pose by both.
+Kaggle's ``sample_submission.csv``), uses all triplets, reports every quirk
+that changes its number as a :class:`ScoreWarning`, and where the official
+code would fail goes on and warns (a scene without a thresholds row gets the
+defaults; a posed image without a true pose is never within a threshold). Its
+fits follow the official formulas in vectorised form, so a decision can differ
+only where an error lies within rounding of a threshold. A bare ``nan`` in the
+ground truth (as in ``train_labels.csv``) is read as no pose by both rules.
 Outputs are in [0, 1] except the top-level ``score`` (%).
 """
 
@@ -129,14 +133,15 @@ def _moments(src, dst, w):
 
 
 def _subset_moments(P, Q, W):
-    """:func:`_moments` of B subsets (0/1 rows of W, (B, n)) of the same points P, Q (n, 3), by matrix products."""
+    """:func:`_moments` of B subsets (0/1 rows of W, (B, n)) of the points P, Q (n, 3), by matrix products."""
     total = W.sum(-1)
     mu_s, mu_d = W @ P / total[:, None], W @ Q / total[:, None]
     S = (W @ (P[:, :, None] * Q[:, None, :]).reshape(-1, 9)).reshape(-1, 3, 3)
     S -= total[:, None, None] * mu_s[:, :, None] * mu_d[:, None, :]
     with np.errstate(invalid="ignore", divide="ignore"):  # no spread: s = inf or nan
         spread_s = W @ np.sum(P * P, 1) - total * np.sum(mu_s * mu_s, 1)
-        s = np.sqrt((W @ np.sum(Q * Q, 1) - total * np.sum(mu_d * mu_d, 1)) / np.where(spread_s > 0, spread_s, 0))
+        spread_d = W @ np.sum(Q * Q, 1) - total * np.sum(mu_d * mu_d, 1)
+        s = np.sqrt(np.maximum(spread_d, 0) / np.where(spread_s > 0, spread_s, 0))
     return mu_s, mu_d, S, s
 
 
@@ -235,7 +240,8 @@ def _triplet_chunks(n, max_triplets, seed, chunk):
 def _unique_rows(packed):
     """Distinct rows of a uint8 array (m, b), by sorting them as one opaque value each."""
     packed = np.ascontiguousarray(packed)
-    return np.unique(packed.view(np.dtype((np.void, packed.shape[1])))).view(np.uint8).reshape(-1, packed.shape[1])
+    width = packed.shape[1]
+    return np.unique(packed.view(np.dtype((np.void, width)))).view(np.uint8).reshape(-1, width)
 
 
 def register_by_ransac(src, dst, thresholds, max_triplets=MAX_TRIPLETS, seed=0, chunk=2048):
@@ -318,7 +324,7 @@ def default_thresholds(centres):
 
 
 def _read_rows(path, name):
-    """A CSV file as text cells, the way the official reader (``csv.reader``) splits it, and each row's line."""
+    """A CSV file as text cells, split as the official reader does (``csv.reader``), and each row's line."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             records = [(f_line, row) for f_line, row in _numbered(csv.reader(f)) if row]
@@ -332,7 +338,8 @@ def _read_rows(path, name):
     for line, row in records[1:]:
         if len(row) != len(header):
             raise DataLayoutError(f"{name} row {line}: {len(row)} fields, the header has {len(header)}")
-    return pd.DataFrame([row for _, row in records[1:]], columns=header, dtype=str), [l for l, _ in records[1:]]
+    table = pd.DataFrame([row for _, row in records[1:]], columns=header, dtype=str)
+    return table, [line for line, _ in records[1:]]
 
 
 def _numbered(reader):
