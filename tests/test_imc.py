@@ -469,28 +469,30 @@ def write_case(tmp_path, rng, tag):
     return gt, sub, th
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_random_cases_stay_within_100_and_agree_where_no_quirk_applies(tmp_path, seed):
-    rng = np.random.default_rng(1000 + seed)
-    gt, sub, th = write_case(tmp_path, rng, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ScoreWarning)
-        try:
-            default = score(gt, sub, th)
-        except DataLayoutError as exc:  # no dataset with a scene of > 3 posed images
-            assert "nothing to score" in str(exc)
-            default = None
-        official = score(gt, sub, th, official=True)
-    if default is not None:
-        assert 0.0 <= default["score"] <= 100.0
+def test_random_cases_stay_within_100_and_agree_where_no_quirk_applies(tmp_path):
+    """40 random cases: imgsim's rule within [0, 100]; the two rules equal on every dataset where the
+    official rule reports no quirk and every scene has more than 3 images, all posed."""
+    rng, compared = np.random.default_rng(1000), 0
+    for case in range(40):
+        gt, sub, th = write_case(tmp_path, rng, case)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScoreWarning)
+            official = score(gt, sub, th, official=True)
+            try:
+                default = score(gt, sub, th)
+            except DataLayoutError as exc:  # no dataset with a scene of > 3 posed images
+                assert "nothing to score" in str(exc)
+                continue
+        assert 0.0 <= default["score"] <= 100.0, case
         assert all(d["maa"] is None or 0.0 <= d["maa"] <= 1.0 for d in default["datasets"].values())
-    for name, d in official["datasets"].items():
-        quirk = any(w.startswith(f"{name}:") or w.startswith(f"{name}/") for w in official["warnings"])
-        posed_everywhere = all(s["posed"] == s["total"] >= 3 for s in d["scenes"].values())
-        if not quirk and posed_everywhere:
-            assert d == pytest.approx(default["datasets"][name]) if False else (
-                d["maa"] == pytest.approx(default["datasets"][name]["maa"], abs=1e-12)
-                and d["clusterness"] == pytest.approx(default["datasets"][name]["clusterness"], abs=1e-12))
+        for name, d in official["datasets"].items():
+            quirk = any(w.startswith((f"{name}:", f"{name}/")) for w in official["warnings"])
+            if not quirk and all(s["posed"] == s["total"] > 3 for s in d["scenes"].values()):
+                mine = default["datasets"][name]
+                assert (d["maa"], d["clusterness"]) == pytest.approx((mine["maa"], mine["clusterness"]),
+                                                                     abs=1e-12), (case, name)
+                compared += 1
+    assert compared >= 5, compared
 
 
 @pytest.mark.skipif(not os.environ.get("IMGSIM_IMC25_METRIC"),
