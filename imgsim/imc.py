@@ -425,9 +425,9 @@ def read_thresholds(path):
     return _read_thresholds(path)[0]
 
 
-def _check_against(gt, sub, name):
+def _check_against(gt, gt_name, sub, name):
     if gt.empty:
-        raise DataLayoutError("ground truth: no rows, nothing to score")
+        raise DataLayoutError(f"{gt_name}: no rows, nothing to score")
     known = set(zip(gt["dataset"], gt["image"]))
     for ds, image, row in zip(sub["dataset"], sub["image"], sub["row"]):
         if (ds, image) not in known:
@@ -605,10 +605,10 @@ def score(gt_csv, submission_csv, thresholds_csv=None, *, official=False, max_tr
         notes.append(message)
         warnings.warn(message, ScoreWarning, stacklevel=3)
 
-    gt, _ = _read_poses(gt_csv, "ground truth")
+    gt, gt_name = _read_poses(gt_csv, "ground truth")
     sub, name = _read_poses(submission_csv, "submission", strict=official)
     given, th_name = ({}, None) if thresholds_csv is None else _read_thresholds(thresholds_csv)
-    _check_against(gt, sub, name)
+    _check_against(gt, gt_name, sub, name)
     thresholds = _thresholds_for(gt, given, th_name, official, warn)
     combine = _combine_official if official else _combine_default
     datasets = {}
@@ -623,7 +623,7 @@ def score(gt_csv, submission_csv, thresholds_csv=None, *, official=False, max_tr
                  "posed": s["posed"], "total": s["total"]} for sc, s in scenes.items()}}
     scored = [d["score"] for d in datasets.values() if d["score"] is not None]
     if not scored:
-        raise DataLayoutError(f"ground truth: no dataset has a scene with more than {TO_DEC} posed "
+        raise DataLayoutError(f"{gt_name}: no dataset has a scene with more than {TO_DEC} posed "
                               f"images, nothing to score")
     return {"score": 100 * float(np.mean(scored)), "official": official, "warnings": notes,
             "datasets": datasets}

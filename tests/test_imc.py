@@ -593,7 +593,7 @@ def bad_input_cases(tmp_path, gt_rows):
     lines = (tmp_path / "submission.csv").read_text().splitlines()
     lines[3] = lines[3].rsplit(",", 1)[0]
     short.write_text("\n".join(lines) + "\n")
-    cases = [(empty, good_sub, None, "ground truth: no rows"),
+    cases = [(empty, good_sub, None, "empty_gt.csv: no rows, nothing to score"),
              (good_gt, tmp_path / "blank.csv", None, "blank.csv row 6: empty scene"),
              (good_gt, short, None, "short.csv row 4: 5 fields, the header has 6")]
     for i, text in enumerate(["-0.1;0.2;0.3", "nan;0.2;0.3", "0.1;inf;0.3", "0.1;0.2", ""]):
