@@ -293,17 +293,50 @@ def cmd_reconstruct(args):
 def _add_score_args(p):
     p.add_argument("gt", help="ground truth, train_labels.csv form")
     p.add_argument("submission", help="submission CSV (Kaggle form)")
-    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
+    p.add_argument("--thresholds", default=None,
+                   help="dataset,scene,thresholds CSV (default: fractions of each scene's radius)")
+    p.add_argument("--official", action="store_true",
+                   help="headline the official Kaggle metric code's number (imc25-utils metric.py, "
+                        "quirks included) instead of imgsim's rule; both are printed where they differ")
+
+
+def _figures(d):
+    scored = (f"score {100 * d['score']:.2f}  mAA {d['maa']:.3f}" if d["score"] is not None
+              else "not scored (mAA undefined)")
+    return f"{scored}  clusterness {d['clusterness']:.3f}"
 
 
 def cmd_score(args):
-    from imgsim.imc import score
+    import math
+    import warnings
 
-    result = score(args.gt, args.submission, args.thresholds)
+    from imgsim.imc import ScoreWarning, score
+
+    def run(official):
+        with warnings.catch_warnings():  # printed below, labelled with their rule
+            warnings.simplefilter("ignore", ScoreWarning)
+            return score(args.gt, args.submission, args.thresholds, official=official)
+
+    rule = {False: "imgsim rule", True: "official rule"}
+    result = run(args.official)
+    try:
+        other = run(not args.official)
+    except ImgsimError as exc:
+        other = exc
+    for r in (result, other) if isinstance(other, dict) else (result,):
+        for message in r["warnings"]:
+            print(f"warning ({rule[r['official']]}): {message}", file=sys.stderr)
     for name, d in sorted(result["datasets"].items()):
-        print(f"{name}: score {100 * d['score']:.2f}  mAA {d['maa']:.3f}  "
-              f"clusterness {d['clusterness']:.3f}")
-    print(f"IMC score: {result['score']:.2f}")
+        line, alt = f"{name}: {_figures(d)}", isinstance(other, dict) and _figures(other["datasets"][name])
+        print(line + (f"  ({rule[not args.official]}: {alt})" if alt and alt != _figures(d) else ""))
+    print(f"IMC score: {result['score']:.2f} ({rule[args.official]})")
+    if not isinstance(other, dict):
+        print(f"{rule[not args.official]}: cannot score: {type(other).__name__}: {other}")
+    elif math.isclose(other["score"], result["score"], rel_tol=0, abs_tol=1e-9):
+        print(f"{rule[not args.official]}: agrees")
+    else:
+        digits = 2 if f"{other['score']:.2f}" != f"{result['score']:.2f}" else 6
+        print(f"{rule[not args.official]}: {other['score']:.{digits}f}")
 
 
 # --------------------------------------------------------------------------- parser
