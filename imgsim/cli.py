@@ -386,6 +386,16 @@ def build_parser(argv=None):
     return parser
 
 
+def _fail(message, status=2):
+    """Print ``message`` as one line on stderr, after closing the tqdm bars an error left open
+    (so that it starts on a line of its own); returns ``status``."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+    print(message, file=sys.stderr)
+    return status
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     """imgsim's own warnings (e.g. ``DataWarning``) as one line, without the source line."""
     print(f"{category.__name__}: {message}", file=file or sys.stderr)
@@ -415,20 +425,15 @@ def main(argv=None):
         try:
             return args.func(args) or 0
         except ImgsimError as exc:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
+            return _fail(f"{type(exc).__name__}: {exc}")
         except OSError as exc:
             if exc.filename is None or errno.errorcode.get(exc.errno) not in _ENVIRONMENT_ERRNOS:
                 raise
-            print(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}", file=sys.stderr)
-            return 2
+            return _fail(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}")
         except MemoryError as exc:  # numpy says how much it tried to allocate
-            print(f"MemoryError: {exc or 'out of memory'} (smaller images, batches or data?)",
-                  file=sys.stderr)
-            return 2
+            return _fail(f"MemoryError: {exc or 'out of memory'} (smaller images, batches or data?)")
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+            return _fail("interrupted", 130)
 
 
 if __name__ == "__main__":
