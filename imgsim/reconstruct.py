@@ -38,8 +38,9 @@ import pandas as pd
 
 from imgsim.config import DictConfig
 from imgsim.images import IMAGE_EXTENSIONS
-from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.errors import ConfigError, DataLayoutError, WeightsNotFoundError
 from imgsim.graph import connected_components
+from imgsim.model import check_image_size
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.sift import FeatureCache, SiftConfig
 
@@ -98,6 +99,9 @@ class ReconstructConfig(DictConfig):
             raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
                               f"got {self.camera_mode!r}")
         self.sift_config()  # validates the SIFT settings now, not after embedding
+        check_image_size(self.image_size)  # and the embedding's, before any work
+        if self.model is not None and not os.path.isfile(self.model):
+            raise WeightsNotFoundError(f"{self.model}: model file does not exist")
 
     def sift_config(self):
         return SiftConfig.from_dict(dict(self.sift))
