@@ -37,9 +37,9 @@ BUNDLED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 ENGINES = ("keras", "openvino")
 # Input sides the MobileNetV2 backbone takes. Below 64 px its last feature map is 1x1 or 2x2
-# and ImageNet GAP features collapse: measured on 538 photos (data/sample + ../shared), at 32
-# and 48 px 14-95 % of alpha-1.0 feature vectors are exactly zero and the others 10x shorter
-# than at 64 px, where none is zero (shortest norm 13, as at 80 and 96 px).
+# and ImageNet GAP features collapse: measured on 538 photos (data/sample and the 424 shared
+# photos), at 32 and 48 px 14-95 % of alpha-1.0 feature vectors are exactly zero and the
+# others 10x shorter than at 64 px, where none is zero (shortest norm 13, as at 80 and 96 px).
 MIN_IMAGE_SIZE = 64
 MAX_IMAGE_SIZE = 1024
 
