@@ -658,7 +658,7 @@ def sweep_report(results, report_dir, figures=HEADLINE):
                     for r in results},
         "recommended": recommended, "beats_imagenet": beats, "rule": RECOMMENDATION_RULE})
     level = int(round(100 * results[0]["config"]["level"]))
-    lines = [f"# Training recipes vs ImageNet GAP, cross-validated by scene", "",
+    lines = ["# Training recipes vs ImageNet GAP, cross-validated by scene", "",
              f"Each cell: recipe − ImageNet (mean paired difference) and its {level} % bootstrap "
              "interval over scenes; **bold** where the interval lies above 0. ImageNet's own "
              "value in the header.", ""]

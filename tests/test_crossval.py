@@ -181,3 +181,20 @@ def test_sweep_report_marks_intervals_above_zero(tmp_path):
     assert saved["recommended"] == "better" and saved["beats_imagenet"] is True
     assert "Folds: 2 by scene, 3 scenes" in text
     assert os.path.exists(tmp_path / "summary.md")
+
+
+def test_demo_states_the_evidence_and_its_verdict():
+    """The demo's words follow the report: a win names its lower bound; no win keeps ImageNet."""
+    from imgsim.demo import evidence_lines
+
+    def result(low):
+        pooled = {f: {"imagenet": 0.8, "recipe": 0.81, "difference": 0.01, "low": low, "high": 0.03}
+                  for f in ("map_at_r", "within_dataset_precision_at_1", "tpr_at_fpr_1pct")}
+        return {"pooled": pooled, "folds": [{"test_scenes": ["d/a", "d/b"]}, {"test_scenes": ["d/c"]}]}
+
+    won = "\n".join(evidence_lines("r", result(0.002), True))
+    assert "3 scenes (2 folds by scene" in won and "map_at_r: 0.810 vs 0.800, +0.0100 [+0.0020, +0.0300]" in won
+    assert "beats ImageNet" in won and "lower end is +0.0020" in won and "weak evidence" in won
+    lost = "\n".join(evidence_lines("r", result(-0.002), False))
+    assert "No training recipe beats ImageNet" in lost and "ImageNet stays the default" in lost
+    assert "within-dataset P@1 (look-alike scenes): +0.010" in lost

@@ -11,7 +11,7 @@ from imgsim.augment import AugmentConfig
 from imgsim.features import FeatureCache
 from imgsim.model import EmbeddingConfig, frozen_stems
 
-CONFIG = EmbeddingConfig(alpha=0.35, image_size=48, trainable_layers=0)
+CONFIG = EmbeddingConfig(alpha=0.35, image_size=64, trainable_layers=0)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_copy_zero_is_the_stem_on_the_photo_and_copies_are_augmented(tmp_path, p
 
     (maps,), ok = FeatureCache(str(tmp_path)).maps(photos, CONFIG, AugmentConfig(), copies=2)
     assert ok.all() and maps.shape[:2] == (3, 3) and maps.dtype == np.float16
-    images, _ = load_images(photos, 48)
+    images, _ = load_images(photos, CONFIG.image_size)
     want = frozen_stems(CONFIG)[0].predict_on_batch(images.astype(np.float32))
     np.testing.assert_allclose(maps[:, 0].astype(np.float32), want, rtol=2e-3, atol=2e-3)
     assert not np.allclose(maps[:, 1], maps[:, 0]) and not np.allclose(maps[:, 1], maps[:, 2])

@@ -229,7 +229,7 @@ def test_config_validation_and_round_trip():
     assert EmbeddingConfig.from_dict(SMALL.to_dict()) == SMALL
     with pytest.raises(ConfigError, match="alpha must be one of"):
         EmbeddingConfig(alpha=0.6)
-    with pytest.raises(ConfigError, match="image_size must be at least 32"):
+    with pytest.raises(ConfigError, match=r"image_size must be an integer in \[64, 1024\], got 16"):
         EmbeddingConfig(image_size=16)
     with pytest.raises(ConfigError, match="unknown EmbeddingConfig keys: colour"):
         EmbeddingConfig.from_dict({"colour": 1})
@@ -253,11 +253,11 @@ def test_gem_and_attention_pooling_against_numpy(rng):
 def test_ensemble_without_head_is_the_two_normalised_imagenet_features(rng):
     """alpha 1.0 + 0.35, head none: [unit(GAP_1.0), unit(GAP_0.35)] / sqrt(2) (concat) or their
     normalised mean, computed from the two ImageNet baselines."""
-    x = rng.uniform(0, 255, size=(3, 32, 32, 3)).astype(np.float32)
-    parts = [embed(build_imagenet_baseline(EmbeddingConfig(alpha=a, image_size=32)), x)
+    x = rng.uniform(0, 255, size=(3, 64, 64, 3)).astype(np.float32)
+    parts = [embed(build_imagenet_baseline(EmbeddingConfig(alpha=a, image_size=64)), x)
              for a in (1.0, 0.35)]
     for merge in ("concat", "mean"):
-        config = EmbeddingConfig(alpha=1.0, ensemble_alpha=0.35, ensemble=merge, image_size=32,
+        config = EmbeddingConfig(alpha=1.0, ensemble_alpha=0.35, ensemble=merge, image_size=64,
                                  head="none", trainable_layers=0)
         got = embed(build_embedding_model(config), x)
         want = np.concatenate(parts, 1) if merge == "concat" else parts[0] + parts[1]
