@@ -459,13 +459,10 @@ def weighted_roc_figures(y_true, scores, weights, max_fpr=0.01):
 
     Parameters
     ----------
-    y_true : array-like of shape (n_pairs,)
-        1 if the two images of a pair show the same scene, else 0.
-    scores : array-like of shape (n_pairs,)
-        Finite similarity scores, higher meaning more likely the same scene.
+    y_true, scores, max_fpr
+        As in :func:`tpr_at_fpr`.
     weights : array-like of shape (n_sets, n_pairs)
         Non-negative weights (counts) of every pair in every set.
-    max_fpr : float, default=0.01
 
     Returns
     -------
