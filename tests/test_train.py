@@ -184,26 +184,31 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         cmd = train_command(runs, epochs=2)
         return cmd + ["--workers", "2"]
 
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True,
-                           env=run_env(), timeout=300)
-    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
-
-    run = tmp_path / "killed" / "r"
-    log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=log, stderr=subprocess.STDOUT,
-                            env=run_env(), start_new_session=True)
-    metadata = run / "backup" / "training_metadata.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not metadata.exists():
-        time.sleep(0.02)
-    assert proc.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(read_history(run / "history.csv")) < 2 and not (run / "metrics.json").exists()
-    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
-                             env=run_env(), timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "resuming run" in resumed.stdout
+    # The uninterrupted run goes beside the killed one (2 cores: the start-ups overlap).
+    whole_log = open(tmp_path / "whole.log", "w")
+    whole = subprocess.Popen(command(tmp_path / "whole"), stdout=whole_log, stderr=subprocess.STDOUT,
+                             env=run_env())
+    try:
+        run = tmp_path / "killed" / "r"
+        log = open(tmp_path / "killed.log", "w")
+        proc = subprocess.Popen(command(tmp_path / "killed"), stdout=log, stderr=subprocess.STDOUT,
+                                env=run_env(), start_new_session=True)
+        metadata = run / "backup" / "training_metadata.json"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not metadata.exists():
+            time.sleep(0.02)
+        assert proc.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(read_history(run / "history.csv")) < 2 and not (run / "metrics.json").exists()
+        resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
+                                 env=run_env(), timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+        assert "resuming run" in resumed.stdout
+        assert whole.wait(timeout=300) == 0, open(tmp_path / "whole.log").read()[-3000:]
+    finally:
+        if whole.poll() is None:
+            whole.kill()
 
     expected = _history_values(tmp_path / "whole" / "r" / "history.csv")
     got = _history_values(run / "history.csv")
