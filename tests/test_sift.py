@@ -249,7 +249,8 @@ def test_bad_file_error_comes_from_load_image(tmp_path):
 def test_pair_score_to_dict():
     score = PairScore(10, 20, 8, 4, 0.5, None)
     assert score.to_dict() == {"n_keypoints_a": 10, "n_keypoints_b": 20, "n_matches": 8,
-                               "n_inliers": 4, "inlier_ratio": 0.5, "reason": None}
+                               "n_inliers": 4, "inlier_ratio": 0.5, "reason": None,
+                               "n_static": 0}
     assert PairScore.from_dict(score.to_dict()) == score
 
 
