@@ -124,7 +124,8 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
     pairs whose images belong to two different scenes; an outlier photo
     counts as its source scene where ``benchmark_sources.csv`` is present,
     else as a scene of its own), "confusion" ({cluster: {scene: images}}),
-    "scenes" ({scene: {"images", "posed", "registered", "in_main_cluster",
+    "scenes" ({scene: {"images", "posed", "registered" (in a cluster, with a
+    pose), "in_main_cluster",
     "main_cluster", "purity"}}), "outliers_in_scene_clusters" (ground-truth
     outliers in a cluster some scene matched), "outliers_in_other_clusters",
     "scene_images_left_out" (scene images not in their scene's matched
@@ -137,7 +138,9 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
     sources = _source_labels(gt_csv, gt)
     out = {}
     for name, g in gt.groupby("dataset", sort=True):
-        s = sub[sub["dataset"] == name].set_index("image")["scene"]
+        rows_sub = sub[sub["dataset"] == name].set_index("image")
+        s = rows_sub["scene"]
+        has_pose = rows_sub["rotation_matrix"].str.strip().str.lower() != "nan"
         truth = dict(zip(g["image"], g["scene"]))
         posed = dict(zip(g["image"], g["rotation_matrix"].str.strip().str.lower() != "nan"))
         origin = {i: (sources.get((name, i), f"outlier:{i}") if sc == OUTLIERS else sc)
@@ -154,7 +157,7 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
             main = counts.index[0] if len(counts) else None
             scenes[scene] = {
                 "images": len(rows), "posed": int(sum(posed[i] for i in rows["image"])),
-                "registered": int((placed != OUTLIERS).sum()),
+                "registered": int(((placed != OUTLIERS) & has_pose.reindex(rows["image"])).sum()),
                 "in_main_cluster": int(counts.iloc[0]) if main else 0, "main_cluster": main,
                 "purity": float(counts.iloc[0] / (s == main).sum()) if main else 0.0}
         scored = result["datasets"].get(name, {}).get("scenes", {})
@@ -178,7 +181,12 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
 
 def diagnostics_markdown(diagnostics):
     """Markdown tables of :func:`dataset_diagnostics`."""
-    lines = ["", "| dataset | pairs | verified | verified across scenes | outliers in a scene's cluster "
+    unposed = sorted(name for name, d in diagnostics.items()
+                     if not any(x["posed"] >= 3 for x in d["scenes"].values()))
+    lines = [""] + ([f"No scene of {', '.join(unposed)} has 3 posed images: the IMC score cannot "
+                     "weigh them (it counts 0); their measure is each scene's registered images and "
+                     "the purity of its main cluster below.", ""] if unposed else [])
+    lines += ["| dataset | pairs | verified | verified across scenes | outliers in a scene's cluster "
              "| outliers in other clusters | scene images left out |", "|---" * 7 + "|"]
     for name, d in sorted(diagnostics.items()):
         lines.append(f"| {name} | {d['pairs']} | {d['verified']} | {d['cross_scene_verified']} | "
@@ -192,12 +200,25 @@ def diagnostics_markdown(diagnostics):
             lines.append(f"| {name} | {scene} | {x['images']} ({x['posed']}) | {x['registered']} | "
                          f"{x['in_main_cluster']} | {x['main_cluster'] or '–'} | {x['purity']:.3f} |")
     for name, d in sorted(diagnostics.items()):
-        scenes = sorted({k for row in d["confusion"].values() for k in row}, key=lambda k: (k == "outliers", k))
+        scenes = sorted({k for row in d["confusion"].values() for k in row},
+                        key=lambda k: (k == "outliers", k))
         lines += ["", f"Clusters × scenes, {name}:", "",
                   "| cluster | " + " | ".join(scenes) + " |", "|---" * (len(scenes) + 1) + "|"]
         for cluster, row in sorted(d["confusion"].items()):
             lines.append(f"| {cluster} | " + " | ".join(str(row.get(k, 0)) for k in scenes) + " |")
     return "\n".join(lines) + "\n"
+
+
+def sweep_metrics(metrics):
+    """The headline numbers of a :func:`write_report` result, for a sweep's summary table."""
+    diagnostics = metrics.get("diagnostics") or {}
+    return {"score": metrics["score"], "wall_s": metrics["wall_s"],
+            "stage_s": {s: sum(t.get(s, 0.0) for t in metrics["timings"].values()) for s in STAGES},
+            "pairs": sum(i["pairs"] for i in metrics["info"].values()),
+            "outliers_clustered": sum(d["outliers_in_scene_clusters"] for d in diagnostics.values()),
+            "scene_images_left_out": sum(d["scene_images_left_out"] for d in diagnostics.values()),
+            "datasets": {k: {m: d[m] for m in ("score", "maa", "clusterness")}
+                         for k, d in metrics["datasets"].items()}}
 
 
 def summary_markdown(metrics):

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from imgsim.config import DictConfig
+from imgsim.config import DictConfig, check_int, check_number, is_int
 from imgsim.images import IMAGE_EXTENSIONS, file_digest
 from imgsim.errors import ConfigError, DataLayoutError
 from imgsim.graph import METHODS, cluster_graph, edge_evidence
@@ -133,11 +133,8 @@ class ReconstructConfig(DictConfig):
     def __post_init__(self):
         for name, least in (("shortlist_k", 0), ("all_pairs_up_to", 0), ("min_inliers", 1),
                             ("min_cluster_size", 2), ("image_size", 32)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.processes is not None and (not isinstance(self.processes, (int, np.integer))
-                                           or isinstance(self.processes, bool) or self.processes < 1):
+            check_int(name, getattr(self, name), least)
+        if self.processes is not None and (not is_int(self.processes) or self.processes < 1):
             raise ConfigError(f"processes must be an integer >= 1 (or None: every core), "
                               f"got {self.processes!r}")
         if self.cluster_method not in METHODS:
@@ -145,10 +142,7 @@ class ReconstructConfig(DictConfig):
         for name, low, high in (("planar_weight", 0, 1), ("min_spread", 0, 1),
                                 ("min_best_inliers", 0, math.inf), ("max_conductance", 0, 1),
                                 ("louvain_resolution", 1e-9, math.inf)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
-                    or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+            check_number(name, getattr(self, name), low, high)
         for name in ("model", "fusion_model"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
