@@ -262,6 +262,8 @@ def _add_reconstruct_args(p):
                    help="an image whose strongest edge is weaker is an outlier")
     g.add_argument("--max-conductance", type=float, default=d.max_conductance,
                    help="communities joined at least this strongly are merged")
+    g.add_argument("--min-bridge-images", type=int, default=d.min_bridge_images,
+                   help="communities whose cut touches this many images on each side are merged")
     g.add_argument("--louvain-resolution", type=float, default=d.louvain_resolution,
                    help="Louvain resolution (larger: smaller communities before merging)")
     g.add_argument("--fusion-model", default=None,
@@ -320,7 +322,8 @@ def reconstruct_config(args):
               "static_px": args.static_px},
         cluster_method=args.cluster_method, planar_weight=args.planar_weight,
         min_spread=args.min_spread, min_best_inliers=args.min_best_inliers,
-        max_conductance=args.max_conductance, louvain_resolution=args.louvain_resolution,
+        max_conductance=args.max_conductance, min_bridge_images=args.min_bridge_images,
+        louvain_resolution=args.louvain_resolution,
         fusion_model=args.fusion_model, sfm_sift=sfm_sift or None, sfm=sfm)
 
 

@@ -13,13 +13,17 @@ turntable) were dropped before verification (:func:`imgsim.sift.static_matches`)
 :func:`cluster_graph` then keeps the edges with at least ``min_weight``
 effective inliers, makes an image whose best edge is weaker than ``min_best``
 an outlier, splits each connected component into communities (Louvain,
-seeded, on ``log1p`` weights) and merges communities back while two of them are
-joined more strongly than ``max_conductance``: conductance
-``cut(A, B) / min(vol(A), vol(B))`` (weighted degree sums) is small for a weak
-bridge between two dense groups — one look-alike pair joining two scenes — and
-large for two halves of one scene cut apart (a ring or a video sequence that
-modularity alone would chop into arcs). Groups smaller than ``min_size`` are
-outliers too.
+seeded, on ``log1p`` weights) and merges communities back unless they are
+joined by a *weak bridge*: a cut that rests on fewer than
+``min_bridge_images`` images on one of its sides (one look-alike pair, or one
+image matching a few of the other group) and has a conductance
+``cut(A, B) / min(vol(A), vol(B))`` (weighted degree sums) below
+``max_conductance``. Two halves of one scene that modularity alone cuts apart
+(a ring of turntable views, a video sequence chopped into arcs) touch each
+other through several images and are merged back. Splitting a true scene
+costs far more than leaving two scenes joined (SfM then usually builds two
+models anyway), so the rule splits only at such bridges. Groups smaller than
+``min_size`` are outliers too.
 """
 
 import numpy as np
@@ -135,8 +139,25 @@ def _louvain(adjacency, seed, resolution):
                                                                 resolution=resolution, seed=seed)]
 
 
-def merge_communities(adjacency, communities, max_conductance):
-    """Merge the two most strongly joined communities while their conductance is at least ``max_conductance``.
+def bridge_images(adjacency, a, b):
+    """Images on the thinner side of the cut between node sets ``a`` and ``b``.
+
+    Returns
+    -------
+    int: ``min(#a with an edge into b, #b with an edge into a)``; 1 for a single
+    look-alike pair or one image matching several of the other set.
+    """
+    cut = adjacency[np.ix_(list(a), list(b))] > 0
+    return int(min(cut.any(axis=1).sum(), cut.any(axis=0).sum()))
+
+
+def merge_communities(adjacency, communities, max_conductance, min_bridge_images=2):
+    """Merge communities until every two left are joined by at most a weak bridge.
+
+    Two communities are *joined* when the cut between them touches at least
+    ``min_bridge_images`` images on each side (:func:`bridge_images`) or has a
+    :func:`conductance` of at least ``max_conductance``; the joined pair with
+    the highest conductance is merged first, then the test is repeated.
 
     Parameters
     ----------
@@ -144,20 +165,23 @@ def merge_communities(adjacency, communities, max_conductance):
     communities : list of lists of int
         A partition of (some of) the nodes.
     max_conductance : float
+    min_bridge_images : int
 
     Returns
     -------
-    list of sorted lists: no two of them joined with conductance ``>= max_conductance``.
+    list of sorted lists, no two of them joined.
     """
     groups = [sorted(c) for c in communities]
     while len(groups) > 1:
-        best, pair = -1.0, None
+        best, pair = None, None
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
                 phi = conductance(adjacency, groups[i], groups[j])
-                if phi > best:
+                joined = phi >= max_conductance or (
+                    phi > 0 and bridge_images(adjacency, groups[i], groups[j]) >= min_bridge_images)
+                if joined and (best is None or phi > best):
                     best, pair = phi, (i, j)
-        if best < max_conductance:
+        if pair is None:
             break
         i, j = pair
         groups[i] = sorted(groups[i] + groups[j])
@@ -166,7 +190,7 @@ def merge_communities(adjacency, communities, max_conductance):
 
 
 def cluster_graph(n, edges, weights, min_weight, min_best=0.0, min_size=3, method="louvain",
-                  max_conductance=0.05, resolution=1.0, seed=0):
+                  max_conductance=0.05, min_bridge_images=2, resolution=1.0, seed=0):
     """Scenes of a verified-match graph: clusters of images, the rest outliers.
 
     Parameters
@@ -188,6 +212,8 @@ def cluster_graph(n, edges, weights, min_weight, min_best=0.0, min_size=3, metho
         ``louvain``: communities merged back by conductance (module notes).
     max_conductance : float
         Communities joined at least this strongly are merged.
+    min_bridge_images : int
+        Communities whose cut touches this many images on each side are merged.
     resolution : float
         Louvain's resolution (larger: smaller communities before merging).
     seed : int
@@ -217,7 +243,8 @@ def cluster_graph(n, edges, weights, min_weight, min_best=0.0, min_size=3, metho
             clusters.append(component)
             continue
         sub = np.log1p(adjacency[np.ix_(component, component)])
-        local = merge_communities(sub, _louvain(sub, seed, resolution), max_conductance)
+        local = merge_communities(sub, _louvain(sub, seed, resolution), max_conductance,
+                                  min_bridge_images)
         clusters += [[component[k] for k in group] for group in local]
     clusters = [sorted(c) for c in clusters if len(c) >= min_size]
     return sorted(clusters, key=lambda c: (-len(c), c[0]))

@@ -95,6 +95,9 @@ class ReconstructConfig(DictConfig):
         An image whose strongest edge has fewer effective inliers is an outlier.
     max_conductance : float
         Communities joined at least this strongly are merged.
+    min_bridge_images : int
+        Communities whose cut touches at least this many images on each side
+        are merged (a weak bridge rests on fewer).
     louvain_resolution : float
         Louvain's resolution.
     fusion_model : str or None
@@ -125,6 +128,7 @@ class ReconstructConfig(DictConfig):
     min_spread: float = 0.0
     min_best_inliers: float = 0.0
     max_conductance: float = 0.05
+    min_bridge_images: int = 2
     louvain_resolution: float = 1.0
     fusion_model: str = None
     sfm_sift: dict = None
@@ -132,7 +136,7 @@ class ReconstructConfig(DictConfig):
 
     def __post_init__(self):
         for name, least in (("shortlist_k", 0), ("all_pairs_up_to", 0), ("min_inliers", 1),
-                            ("min_cluster_size", 2), ("image_size", 32)):
+                            ("min_cluster_size", 2), ("image_size", 32), ("min_bridge_images", 1)):
             check_int(name, getattr(self, name), least)
         if self.processes is not None and (not is_int(self.processes) or self.processes < 1):
             raise ConfigError(f"processes must be an integer >= 1 (or None: every core), "
@@ -366,7 +370,8 @@ def cluster_stage(n, pairs, matches, evidence, config, embeddings=None):
     """Clusters of the match graph with at least ``min_cluster_size`` images (lists of indices)."""
     return cluster_graph(n, pairs, edge_weights(pairs, matches, evidence, config, embeddings),
                          config.min_inliers, config.min_best_inliers, config.min_cluster_size,
-                         config.cluster_method, config.max_conductance, config.louvain_resolution)
+                         config.cluster_method, config.max_conductance, config.min_bridge_images,
+                         config.louvain_resolution)
 
 
 def sfm_stage(folder, paths, features, pairs, matches, config):
@@ -497,7 +502,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     k_match = _key(k_pairs, sift.to_dict(), EVIDENCE, config.min_inliers)
     k_cluster = _key(k_match, config.min_inliers, config.min_cluster_size, config.cluster_method,
                      config.planar_weight, config.min_spread, config.min_best_inliers,
-                     config.max_conductance, config.louvain_resolution,
+                     config.max_conductance, config.min_bridge_images, config.louvain_resolution,
                      _digest_or_none(config.fusion_model))
     k_sfm = _key(k_cluster, config.sfm_config().to_dict(), sfm_sift and sfm_sift.to_dict())
 
