@@ -90,8 +90,10 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
                 true, pred = aligned_centres(gt, submission, name, scene, s["cluster"])
                 if len(true) >= 3:
                     panels.append((f"{name} / {scene} (mAA {s['maa']:.2f})", true, pred))
-    if panels:
-        viz.save_figure(viz.camera_centres(panels), os.path.join(report_dir, "camera_centres.png"))
+    figure = viz.camera_centres(panels)
+    if not panels:  # an unposed benchmark: say so rather than leave no figure
+        figure.text(0.5, 0.5, "no scene with 3 posed images: nothing to align", ha="center")
+    viz.save_figure(figure, os.path.join(report_dir, "camera_centres.png"))
     return metrics
 
 

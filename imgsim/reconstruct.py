@@ -504,7 +504,6 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
                      config.planar_weight, config.min_spread, config.min_best_inliers,
                      config.max_conductance, config.min_bridge_images, config.louvain_resolution,
                      _digest_or_none(config.fusion_model))
-    k_sfm = _key(k_cluster, config.sfm_config().to_dict(), sfm_sift and sfm_sift.to_dict())
 
     def run(stage, key, ext, compute, read, write):
         result = _stage(os.path.join(folder, f"{stage}-{key}.{ext}"), timings, stage, compute,
@@ -520,6 +519,9 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     clusters = run("cluster", k_cluster, "json",
                    lambda: cluster_stage(len(paths), pairs, matches, evidence, config, embeddings),
                    read_json, atomic_write_json)
+    # keyed by the clusters themselves: a clustering setting that finds the same clusters reuses SfM
+    k_sfm = _key(k_match, clusters, config.min_cluster_size, config.min_inliers,
+                 config.sfm_config().to_dict(), sfm_sift and sfm_sift.to_dict())
 
     def sfm_all():
         from imgsim.sift import extract_many
@@ -532,7 +534,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
             sub_matches = [matches[k] for k in inside]
             member_paths = [paths[m] for m in members]
             if sfm_sift is not None:  # the SfM budget: match the pairs with a verified edge again
-                keep = [k for k, m in zip(range(len(sub)), sub_matches) if len(m) >= config.min_inliers]
+                keep = [k for k, m in enumerate(sub_matches) if len(m) >= config.min_inliers]
                 sub = [sub[k] for k in keep]
                 sub_matches, _ = match_stage(member_paths, sub, config, cache, sfm_sift)
             feats = extract_many(member_paths, sfm_sift or sift, cache)
