@@ -10,8 +10,10 @@ IMC task) with ``graph`` (the match graph), ``benchmarks`` (IMC benchmark
 folders), ``imc`` (the score) and ``imc_report``, ``cli``.
 
 Importing :mod:`imgsim` is cheap: Keras and TensorFlow load only when a module
-that needs them is imported.
+that needs them is imported (quietly: see :mod:`imgsim.quiet`).
 """
+
+from imgsim import quiet as _quiet
 
 from imgsim.errors import (
     ConfigError,
@@ -22,6 +24,8 @@ from imgsim.errors import (
 )
 
 __version__ = "0.1.0"
+
+_quiet.install()
 
 __all__ = [
     "ConfigError",

@@ -150,14 +150,16 @@ def _add_evaluate_args(p):
 
 
 def cmd_evaluate(args):
-    from imgsim.evaluate import EvalConfig, evaluate
+    from imgsim.evaluate import EvalConfig, evaluate, summary_markdown
     from imgsim.sift import SiftConfig
 
-    evaluate(EvalConfig(
+    result = evaluate(EvalConfig(
         run=args.run, data=args.data, report_dir=args.report_dir, protocols=args.protocols,
         max_pairs_per_dataset=args.max_pairs, image_size=args.image_size,
         cache_dir=args.cache_dir, sift_retrieval=not args.no_sift_retrieval, workers=args.workers,
         sift=SiftConfig(max_side=args.sift_max_side, n_features=args.sift_features)))
+    print(summary_markdown(result))
+    print(f"report: {result['report_dir']}")
 
 
 # --------------------------------------------------------------------------- sweep
@@ -186,16 +188,46 @@ def cmd_sweep(args):
 # --------------------------------------------------------------------------- serve
 
 
+def _port(text):
+    """argparse type: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
 def _add_serve_args(p):
-    p.add_argument("--port", type=int, default=8866, help="port Voilà listens on")
-    p.add_argument("--ip", default="127.0.0.1", help="address Voilà listens on")
+    p.add_argument("--model", default=None,
+                   help="a .keras model (default: the report's model, else the demo run's best.keras "
+                   "if `make demo` ran, else ImageNet MobileNetV2 GAP features)")
+    p.add_argument("--data", default=None, help="data root to pick images from (default: the embedded sample)")
+    p.add_argument("--report", default="auto",
+                   help="an `imgsim evaluate` metrics.json: calibrated thresholds and the fused "
+                   "probability; 'auto': the shipped ImageNet calibration when the model is the one it "
+                   "measured; 'none': uncalibrated")
+    p.add_argument("--port", type=_port, default=8866, help="port to listen on (must be free)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--image-size", type=int, default=224, help="ImageNet baseline input size (without a report)")
+    p.add_argument("--session", default=None,
+                   help="history CSV kept across page reloads (default: ~/.cache/imgsim/inspector/history.csv)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted")
+    p.add_argument("--cull-idle-timeout", type=int, default=120,
+                   help="seconds before the kernel of a closed page is shut down")
     p.add_argument("--notebook", default=None, help="inspector notebook (default: notebooks/04_pair_inspector.ipynb)")
 
 
 def cmd_serve(args):
-    from imgsim.widgets import serve
+    from imgsim.serve import serve
+    from imgsim.widgets import default_session_file
 
-    return serve(args.notebook, port=args.port, ip=args.ip)
+    return serve(args.model, args.data, None if args.report.lower() == "none" else args.report,
+                 port=args.port, ip=args.ip, image_size=args.image_size,
+                 session_file=args.session or default_session_file(),
+                 cull_idle_timeout=args.cull_idle_timeout, max_upload_mb=args.max_upload_mb,
+                 notebook=args.notebook)
 
 
 # --------------------------------------------------------------------------- demo
@@ -344,17 +376,50 @@ def cmd_reconstruct(args):
 def _add_score_args(p):
     p.add_argument("gt", help="ground truth, train_labels.csv form")
     p.add_argument("submission", help="submission CSV (Kaggle form)")
-    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
+    p.add_argument("--thresholds", default=None,
+                   help="dataset,scene,thresholds CSV (default: fractions of each scene's radius)")
+    p.add_argument("--official", action="store_true",
+                   help="headline the official Kaggle metric code's number (imc25-utils metric.py, "
+                        "quirks included) instead of imgsim's rule; both are printed where they differ")
+
+
+def _figures(d):
+    scored = (f"score {100 * d['score']:.2f}  mAA {d['maa']:.3f}" if d["score"] is not None
+              else "not scored (mAA undefined)")
+    return f"{scored}  clusterness {d['clusterness']:.3f}"
 
 
 def cmd_score(args):
-    from imgsim.imc import score
+    import math
+    import warnings
 
-    result = score(args.gt, args.submission, args.thresholds)
+    from imgsim.imc import ScoreWarning, score
+
+    def run(official):
+        with warnings.catch_warnings():  # printed below, labelled with their rule
+            warnings.simplefilter("ignore", ScoreWarning)
+            return score(args.gt, args.submission, args.thresholds, official=official)
+
+    rule = {False: "imgsim rule", True: "official rule"}
+    result = run(args.official)
+    try:
+        other = run(not args.official)
+    except ImgsimError as exc:
+        other = exc
+    for r in (result, other) if isinstance(other, dict) else (result,):
+        for message in r["warnings"]:
+            print(f"warning ({rule[r['official']]}): {message}", file=sys.stderr)
     for name, d in sorted(result["datasets"].items()):
-        print(f"{name}: score {100 * d['score']:.2f}  mAA {d['maa']:.3f}  "
-              f"clusterness {d['clusterness']:.3f}")
-    print(f"IMC score: {result['score']:.2f}")
+        line, alt = f"{name}: {_figures(d)}", isinstance(other, dict) and _figures(other["datasets"][name])
+        print(line + (f"  ({rule[not args.official]}: {alt})" if alt and alt != _figures(d) else ""))
+    print(f"IMC score: {result['score']:.2f} ({rule[args.official]})")
+    if not isinstance(other, dict):
+        print(f"{rule[not args.official]}: cannot score: {type(other).__name__}: {other}")
+    elif math.isclose(other["score"], result["score"], rel_tol=0, abs_tol=1e-9):
+        print(f"{rule[not args.official]}: agrees")
+    else:
+        digits = 2 if f"{other['score']:.2f}" != f"{result['score']:.2f}" else 6
+        print(f"{rule[not args.official]}: {other['score']:.{digits}f}")
 
 
 # --------------------------------------------------------------------------- parser

@@ -41,6 +41,14 @@ def evaluate_retrieval(model, table, batch_size=32):
     return {name: report[name] for name in METRICS}
 
 
+def results_frame(results):
+    """The results as a DataFrame: one row per model, one column per metric."""
+    import pandas as pd
+
+    return pd.DataFrame.from_dict({name: {m: values[m] for m in METRICS}
+                                   for name, values in results.items()}, orient="index")
+
+
 def format_table(results):
     """Markdown table: one row per model, one column per metric."""
     lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]

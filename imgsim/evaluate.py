@@ -281,13 +281,22 @@ def evaluate(config=None):
         "fusion": headline["fusion"].to_dict(),
         "split": split.to_dict(),
         "config": config.to_dict(),
+        "report_dir": report_dir,
     })
     atomic_write_json(os.path.join(report_dir, "metrics.json"), result)
     atomic_write_text(os.path.join(report_dir, "summary.md"), summary_markdown(result))
     write_figures(report_dir, evidence, headline, protocols, rows, dist, labels)
-    print(summary_markdown(result))
-    print(f"report: {report_dir}")
     return result
+
+
+def summary_frame(result):
+    """The summary tables as one DataFrame: rows (protocol, method), columns the figures."""
+    rows = {(protocol, method): {k: values.get(k) for k in SUMMARY_KEYS}
+            for protocol, methods in result["protocols"].items()
+            for method, values in methods.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.names = ["protocol", "method"]
+    return frame
 
 
 def summary_markdown(result):

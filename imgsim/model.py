@@ -223,7 +223,7 @@ def gap_features(model, images, batch_size=32):
     return embed(features, images, batch_size)
 
 
-def init_head_pca(model, images, augment=None, copies=0, seed=0):
+def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False):
     """Start the head at the PCA projection of the backbone's GAP features.
 
     With hidden width ``2 m`` and embedding width ``m``, the hidden layer computes
@@ -245,6 +245,8 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0):
         the PCA: a small training set then spans more of the feature space.
     copies : int
     seed : int
+    progress : bool
+        Show a tqdm bar over the ``(1 + copies) * n`` images it embeds.
 
     Returns
     -------
@@ -255,12 +257,21 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0):
     if hidden.units != 2 * m:
         raise ConfigError(f"head_init='pca' needs hidden_dim == 2 * embedding_dim, got "
                           f"{hidden.units} and {m}")
-    feats = [gap_features(model, images)]
-    for _ in range(copies if augment is not None else 0):
-        augmented = np.concatenate([np.asarray(augment(images[i:i + 32].astype(np.float32),
-                                                       training=True))
-                                    for i in range(0, len(images), 32)])
-        feats.append(gap_features(model, augmented))
+    import keras
+    from tqdm.auto import tqdm
+
+    features = keras.Model(model.input, model.get_layer("gap").output)
+    passes = [None] + [augment] * (copies if augment is not None else 0)
+    feats = []
+    with tqdm(total=len(passes) * len(images), desc="head PCA init", unit="img",
+              disable=not progress) as bar:
+        for layer in passes:  # batches of 32, as embed() runs them
+            for i in range(0, len(images), 32):
+                batch = images[i:i + 32]
+                if layer is not None:
+                    batch = np.asarray(layer(batch.astype(np.float32), training=True))
+                feats.append(embed(features, batch))
+                bar.update(len(batch))
     x = np.concatenate(feats).astype(np.float64)
     _, singular, vt = np.linalg.svd(x, full_matrices=False)
     rank = int(np.sum(singular > singular[0] * 1e-6)) if len(singular) else 0

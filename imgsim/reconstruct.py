@@ -434,9 +434,10 @@ def assign_scenes(names, models, min_size):
     return placed
 
 
-def _join(values):
+def _join(values, size):
+    """``size`` values joined by ``;``; None (no pose) gives ``size`` ``nan``s, as Kaggle's sample_submission.csv."""
     if values is None:
-        return "nan"
+        return ";".join(["nan"] * size)
     return ";".join(f"{v:.9g}" for v in np.asarray(values, float).ravel())
 
 
@@ -616,7 +617,7 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
         for image_id, image in zip(ids, group["image"]):
             scene, R, t = placed[image]
             rows.append({"image_id": image_id, "dataset": name, "scene": scene,
-                         "image": image, "rotation_matrix": _join(R), "translation_vector": _join(t)})
+                         "image": image, "rotation_matrix": _join(R, 9), "translation_vector": _join(t, 3)})
     submission = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
     atomic_write_text(out, submission.to_csv(index=False))
     result = {"timings": timings, "info": info, "wall_s": time.perf_counter() - start,

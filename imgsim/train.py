@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from imgsim import data as data_mod
 from imgsim import images as images_mod
+from imgsim import quiet
 from imgsim.augment import AugmentConfig
 from imgsim.config import DictConfig
 from imgsim.errors import ConfigError
@@ -361,6 +361,42 @@ class EpochLog(_keras().callbacks.Callback):
         self.log(f"epoch {epoch + 1}: {shown}")
 
 
+class ProgressBar(_keras().callbacks.Callback):
+    """One tqdm bar over every step of the run, instead of Keras' own progress bar.
+
+    Keras' bar redraws with backspaces and ANSI codes, which notebooks show as
+    rows of boxes; ``tqdm.auto`` renders as a widget in Jupyter and as one
+    updating line in a terminal (``TQDM_DISABLE=1`` hides it). A resumed run
+    starts the bar at its first unfinished epoch.
+    """
+
+    def __init__(self, epochs, steps):
+        super().__init__()
+        self.epochs, self.steps, self.bar = epochs, steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.epochs * self.steps, initial=epoch * self.steps,
+                            desc="training", unit="step")
+        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {k: f"{float(v):.4f}" for k, v in (logs or {}).items() if k in ("loss", "val_map_at_r")}
+        self.bar.set_postfix(shown)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 # --------------------------------------------------------------------------- fit
 
 
@@ -450,7 +486,8 @@ def fit(config):
                         seed=config.seed, workers=config.workers)
     model = build_embedding_model(config.embedding)
     if config.embedding.head_init == "pca" and not resuming:
-        kept = init_head_pca(model, train_x, augment, config.pca_copies, seed=config.seed)
+        kept = init_head_pca(model, train_x, augment, config.pca_copies, seed=config.seed,
+                             progress=True)
         log(f"head initialised from the PCA of the GAP features of the training images and "
             f"{config.pca_copies} augmented copies ({kept:.1%} of their energy)")
     loss = TripletSemiHardLoss(config.margin, config.distance_metric)
@@ -464,14 +501,15 @@ def fit(config):
                                                 patience=config.lr_patience, min_lr=config.min_lr)
     callbacks = [
         RetrievalValidation(val_x, val_y, loss),
+        ProgressBar(config.epochs, steps),
         HistoryCSV(os.path.join(run_dir, "history.csv")),
         EpochLog(log),
         checkpoint, stopping, plateau,
         RunBackup(os.path.join(run_dir, "backup"), stateful=[checkpoint, stopping, plateau]),
     ]
-    # A live progress bar in a terminal or notebook, one line per epoch in logs and CI.
-    verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
-    model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    # ProgressBar draws the progress; EpochLog writes one line per epoch.
+    with quiet.tensorflow_logs():
+        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0)
 
     history = read_history(os.path.join(run_dir, "history.csv"))
     values = [float(r[monitor]) for r in history]
