@@ -441,14 +441,14 @@ def _join(values, size):
     return ";".join(f"{v:.9g}" for v in np.asarray(values, float).ravel())
 
 
-def _stage(file, timings, name, compute, read, write):
-    """Read a finished stage's output, or compute and write it, timing the work."""
+def _stage(file, timings, compute, read, write):
+    """Read a finished stage's output, or compute and write it; ``timings[file name]`` = seconds."""
     if os.path.exists(file):
         return read(file)
     start = time.perf_counter()
     value = compute()
     write(file, value)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    timings[os.path.basename(file)] = time.perf_counter() - start
     return value
 
 
@@ -482,6 +482,9 @@ def _digest_or_none(path):
 def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     """All stages for one dataset; returns ({image name: (scene, R, t)}, timings, info).
 
+    ``timings`` gives each stage's compute time in seconds for these settings,
+    also when its output was read from an earlier run's work dir.
+
     ``model`` is a callable returning the embedding model, called only when
     the embed stage is not on disk yet (default: :func:`embedding_model`).
     """
@@ -493,8 +496,9 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
         raise DataLayoutError(f"dataset {name}: two images share a file name")
     folder = os.path.join(work_dir, name)
     os.makedirs(folder, exist_ok=True)
-    timings_file = os.path.join(folder, "timings.json")
+    timings_file = os.path.join(folder, "timings.json")  # seconds each stage file took to compute
     timings = read_json(timings_file) if os.path.exists(timings_file) else {}
+    used = {}  # stage -> the file this run's settings use
     # content, not name and size: a replaced photo of the same size is never served stale
     files_key = [(n, file_digest(p)) for n, p in zip(names, paths)]
     sift, sfm_sift = config.sift_config(), config.sfm_sift_config()
@@ -507,8 +511,8 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
                      _digest_or_none(config.fusion_model))
 
     def run(stage, key, ext, compute, read, write):
-        result = _stage(os.path.join(folder, f"{stage}-{key}.{ext}"), timings, stage, compute,
-                        read, write)
+        used[stage] = f"{stage}-{key}.{ext}"
+        result = _stage(os.path.join(folder, used[stage]), timings, compute, read, write)
         atomic_write_json(timings_file, timings)
         return result
 
@@ -555,7 +559,8 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
             # verified pairs (image a, image b, inliers, effective inliers): the report's diagnostics
             "edge_list": [[names[pairs[k][0]], names[pairs[k][1]], len(matches[k]),
                            round(float(weights[k]), 1)] for k in verified]}
-    return placed, timings, info
+    # what each stage of these settings cost when it was computed (now or by an earlier run)
+    return placed, {stage: timings.get(file, 0.0) for stage, file in used.items()}, info
 
 
 def check_out(out):

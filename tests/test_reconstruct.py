@@ -157,6 +157,8 @@ def test_rerun_reads_every_stage_from_the_work_dir(small_run, monkeypatch, tmp_p
     again = reconstruct(os.path.dirname(gt_file), tmp_path / "again.csv", work_dir=work, config=SMALL)
     assert (tmp_path / "again.csv").read_text() == out.read_text()
     assert set(again["timings"]["church_fountain"]) == set(rec.STAGES)
+    # each stage's time is what computing it took, also when it is read back (not 0, not summed)
+    assert again["timings"] == small_run[3]["timings"]
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(small_run, monkeypatch, tmp_path):
