@@ -79,7 +79,7 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
     gt, submission = read_submission(gt_csv), read_submission(submission_csv)
     with warnings.catch_warnings():  # kept in metrics.json and summary.md
         warnings.simplefilter("ignore", ScoreWarning)
-        result = score(gt_csv, submission_csv, thresholds_csv)
+        result = _default_score(gt, gt_csv, submission_csv, thresholds_csv)
         try:
             kaggle = score(gt_csv, submission_csv, thresholds_csv, official=True)
             official = {"score": kaggle["score"], "warnings": kaggle["warnings"],
@@ -107,6 +107,22 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
         figure.text(0.5, 0.5, "no scene with 3 posed images: nothing to align", ha="center")
     viz.save_figure(figure, os.path.join(report_dir, "camera_centres.png"))
     return metrics
+
+
+def _default_score(gt, gt_csv, submission_csv, thresholds_csv):
+    """imgsim's score; for a ground truth without one scorable scene (an unposed benchmark) the
+    official rule's matching of scenes and clusters, every score and mAA None."""
+    from imgsim.imc import OUTLIERS, TO_DEC, score
+
+    posed = gt[(gt["scene"] != OUTLIERS) & np.isfinite(gt[["cx", "cy", "cz"]].to_numpy()).all(1)]
+    if (posed.groupby(["dataset", "scene"]).size() > TO_DEC).any():
+        return score(gt_csv, submission_csv, thresholds_csv)
+    result = score(gt_csv, submission_csv, thresholds_csv, official=True)
+    for d in result["datasets"].values():
+        d["score"] = d["maa"] = None
+    return {**result, "score": None, "official": False, "warnings": result["warnings"] + [
+        f"no scene has more than {TO_DEC} posed images: no IMC score; clusters are matched to "
+        "scenes as the official rule does, for the diagnostics"]}
 
 
 def _source_labels(gt_csv, gt):
@@ -201,11 +217,13 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
 
 def diagnostics_markdown(diagnostics):
     """Markdown tables of :func:`dataset_diagnostics`."""
+    from imgsim.imc import TO_DEC
+
     unposed = sorted(name for name, d in diagnostics.items()
-                     if not any(x["posed"] >= 3 for x in d["scenes"].values()))
-    lines = [""] + ([f"No scene of {', '.join(unposed)} has 3 posed images: the IMC score cannot "
-                     "weigh them (it counts 0); their measure is each scene's registered images and "
-                     "the purity of its main cluster below.", ""] if unposed else [])
+                     if not any(x["posed"] > TO_DEC for x in d["scenes"].values()))
+    lines = [""] + ([f"No scene of {', '.join(unposed)} has more than {TO_DEC} posed images: no IMC "
+                     "score (the official rule counts 0); their measure is each scene's registered "
+                     "images and the purity of its main cluster below.", ""] if unposed else [])
     lines += ["| dataset | pairs | verified | verified across scenes | outliers in a scene's cluster "
              "| outliers in other clusters | scene images left out |", "|---" * 7 + "|"]
     for name, d in sorted(diagnostics.items()):
@@ -265,7 +283,7 @@ def _fixed(value, digits):
 def summary_markdown(metrics):
     """Markdown tables of a :func:`write_report` result: datasets, then scenes."""
     notes = [f"- warning: {w}" for w in metrics.get("warnings", [])]
-    lines = [f"**IMC score: {metrics['score']:.2f}** (wall time {metrics['wall_s']:.1f} s)", "",
+    lines = [f"**IMC score: {_fixed(metrics['score'], 2)}** (wall time {metrics['wall_s']:.1f} s)", "",
              _official_line(metrics), ""] + (notes + [""] if notes else []) + [
              "| dataset | score | mAA | clusterness | registered / images (incl. outliers) | pairs | "
              + " | ".join(f"{s} s" for s in STAGES) + " |",

@@ -485,3 +485,38 @@ def test_a_fitted_fusion_model_weighs_the_edges(tmp_path):
     bad.write_text("{\"fusion\": {\"C\": 1}}")
     with pytest.raises(ConfigError, match="not a fitted fusion model"):
         ReconstructConfig(fusion_model=str(bad))
+
+
+def test_report_of_an_unposed_benchmark_gives_registration_and_purity(tmp_path, mini_imc):
+    """No ground-truth poses: no IMC score, but each scene's registered images and cluster purity."""
+    from imgsim.imc_report import write_report
+
+    gt = pd.read_csv(mini_imc / "train_labels.csv", dtype=str, keep_default_na=False)
+    gt["rotation_matrix"], gt["translation_vector"] = "nan", "nan"
+    gt.to_csv(mini_imc / "train_labels.csv", index=False)
+    name = gt.groupby("dataset")["scene"].nunique().idxmax()  # a dataset with two scenes
+    scenes = sorted(gt.loc[gt["dataset"] == name, "scene"].unique())[:2]
+    sub = gt.copy()
+    # the first scene found whole and pure, with poses; the second split, one image into the first's cluster
+    sub["scene"] = [f"c{scenes.index(s)}" if s in scenes else f"other_{s}" for s in sub["scene"]]
+    second = sub.index[gt["scene"] == scenes[1]]
+    sub.loc[second[0], "scene"] = "c0"
+    sub.loc[second[1:], "scene"] = "outliers"
+    posed = sub["scene"] == "c0"
+    sub.loc[posed, "rotation_matrix"] = "1;0;0;0;1;0;0;0;1"
+    sub.loc[posed, "translation_vector"] = "0;0;1"
+    sub.loc[~posed, "rotation_matrix"] = ";".join(["nan"] * 9)
+    sub.loc[~posed, "translation_vector"] = "nan;nan;nan"
+    sub.to_csv(tmp_path / "s.csv", index=False)
+    datasets = sorted(gt["dataset"].unique())
+    run = {"timings": {d: {} for d in datasets}, "wall_s": 1.0,
+           "info": {d: {"registered": 0, "images": 0, "pairs": 0} for d in datasets}}
+    metrics = write_report(mini_imc / "train_labels.csv", tmp_path / "s.csv", run, tmp_path / "report")
+    assert metrics["score"] is None
+    d = metrics["diagnostics"][name]
+    n0 = int((gt["scene"] == scenes[0]).sum())
+    assert d["scenes"][scenes[0]] == {"images": n0, "posed": 0, "registered": n0, "in_main_cluster": n0,
+                                      "main_cluster": "c0", "purity": n0 / (n0 + 1)}
+    assert d["scenes"][scenes[1]]["registered"] == 1 and d["scenes"][scenes[1]]["in_main_cluster"] == 1
+    assert "no IMC score" in (tmp_path / "report" / "summary.md").read_text()
+    assert (tmp_path / "report" / "camera_centres.png").exists()
