@@ -184,8 +184,6 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
         edges = (info.get(name) or {}).get("edge_list", [])
         cross = sum(origin.get(a) != origin.get(b) for a, b, *_ in edges)
         confusion = pd.crosstab(s.reindex(g["image"]).to_numpy(), g["scene"].to_numpy())
-        matched = {d["cluster"] for d in result["datasets"].get(name, {}).get("scenes", {}).values()
-                   if d["cluster"] is not None}
         scenes = {}
         for scene, rows in g[g["scene"] != OUTLIERS].groupby("scene"):
             placed = s.reindex(rows["image"])
@@ -196,8 +194,15 @@ def dataset_diagnostics(gt_csv, submission_csv, info, result):
                 "registered": int(((placed != OUTLIERS) & has_pose.reindex(rows["image"])).sum()),
                 "in_main_cluster": int(counts.iloc[0]) if main else 0, "main_cluster": main,
                 "purity": float(counts.iloc[0] / (s == main).sum()) if main else 0.0}
+        # each scene's cluster: the one the score matched it to (its main cluster where the score
+        # matched none, or matched `outliers` as the official rule may)
         scored = result["datasets"].get(name, {}).get("scenes", {})
-        left_out = sum(int((s.reindex(rows["image"]) != scored.get(scene, {}).get("cluster")).sum())
+        cluster_of = {scene: scored.get(scene, {}).get("cluster") or x["main_cluster"]
+                      for scene, x in scenes.items()}
+        cluster_of = {scene: c if c != OUTLIERS else scenes[scene]["main_cluster"]
+                      for scene, c in cluster_of.items()}
+        matched = {c for c in cluster_of.values() if c is not None}
+        left_out = sum(int((s.reindex(rows["image"]) != cluster_of[scene]).sum())
                        for scene, rows in g[g["scene"] != OUTLIERS].groupby("scene"))
         outliers = s.reindex(g.loc[g["scene"] == OUTLIERS, "image"])
         out[name] = {

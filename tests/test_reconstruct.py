@@ -493,6 +493,7 @@ def test_report_of_an_unposed_benchmark_gives_registration_and_purity(tmp_path, 
 
     gt = pd.read_csv(mini_imc / "train_labels.csv", dtype=str, keep_default_na=False)
     gt["rotation_matrix"], gt["translation_vector"] = "nan", "nan"
+    gt.loc[gt.index[-1], "scene"] = "outliers"  # a true outlier, kept out by the submission below
     gt.to_csv(mini_imc / "train_labels.csv", index=False)
     name = gt.groupby("dataset")["scene"].nunique().idxmax()  # a dataset with two scenes
     scenes = sorted(gt.loc[gt["dataset"] == name, "scene"].unique())[:2]
@@ -507,6 +508,7 @@ def test_report_of_an_unposed_benchmark_gives_registration_and_purity(tmp_path, 
     sub.loc[posed, "translation_vector"] = "0;0;1"
     sub.loc[~posed, "rotation_matrix"] = ";".join(["nan"] * 9)
     sub.loc[~posed, "translation_vector"] = "nan;nan;nan"
+    sub.loc[sub.index[-1], "scene"] = "outliers"
     sub.to_csv(tmp_path / "s.csv", index=False)
     datasets = sorted(gt["dataset"].unique())
     run = {"timings": {d: {} for d in datasets}, "wall_s": 1.0,
@@ -518,5 +520,9 @@ def test_report_of_an_unposed_benchmark_gives_registration_and_purity(tmp_path, 
     assert d["scenes"][scenes[0]] == {"images": n0, "posed": 0, "registered": n0, "in_main_cluster": n0,
                                       "main_cluster": "c0", "purity": n0 / (n0 + 1)}
     assert d["scenes"][scenes[1]]["registered"] == 1 and d["scenes"][scenes[1]]["in_main_cluster"] == 1
+    assert d["scene_images_left_out"] == len(second) - 1  # of the second scene, in `outliers`
     assert "no IMC score" in (tmp_path / "report" / "summary.md").read_text()
+    outlier_ds = gt["dataset"].iloc[-1]
+    assert metrics["diagnostics"][outlier_ds]["outliers"] == 1
+    assert metrics["diagnostics"][outlier_ds]["outliers_in_scene_clusters"] == 0
     assert (tmp_path / "report" / "camera_centres.png").exists()
