@@ -318,6 +318,8 @@ def _add_reconstruct_args(p):
                    help="triangulation angle of the initial pair, degrees")
     g.add_argument("--init-num-trials", type=int, default=sfm.init_num_trials,
                    help="initial pairs tried per model")
+    g.add_argument("--init-max-forward-motion", type=float, default=sfm.init_max_forward_motion,
+                   help="refuse initial pairs moving more along the view than this, in [0, 1]")
     g.add_argument("--abs-pose-min-inliers", type=int, default=sfm.abs_pose_min_num_inliers,
                    help="2D-3D inliers to register an image")
     g.add_argument("--abs-pose-min-ratio", type=float, default=sfm.abs_pose_min_inlier_ratio,
@@ -327,9 +329,9 @@ def _add_reconstruct_args(p):
     g.add_argument("--retry-below", type=float, default=sfm.retry_below,
                    help="map again from relaxed initial-pair thresholds when the largest model "
                         "holds less than this fraction of its cluster (0: never)")
-    g.add_argument("--register-leftovers", action="store_true",
-                   help="second pass: register unplaced images into the largest model with "
-                        "relaxed thresholds")
+    g.add_argument("--no-leftovers", action="store_true",
+                   help="skip the second pass that registers unplaced images into the largest "
+                        "model with relaxed thresholds")
     g.add_argument("--max-sfm-seconds", type=float, default=sfm.max_seconds,
                    help="time limit of one mapping run (0: none)")
 
@@ -342,9 +344,10 @@ def reconstruct_config(args):
                 if v is not None}
     sfm = {"camera_mode": args.camera_mode, "exif_focal": not args.no_exif_focal,
            "init_min_num_inliers": args.init_min_inliers, "init_min_tri_angle": args.init_min_tri_angle,
-           "init_num_trials": args.init_num_trials, "abs_pose_min_num_inliers": args.abs_pose_min_inliers,
+           "init_num_trials": args.init_num_trials, "init_max_forward_motion": args.init_max_forward_motion,
+           "abs_pose_min_num_inliers": args.abs_pose_min_inliers,
            "abs_pose_min_inlier_ratio": args.abs_pose_min_ratio, "multiple_models": not args.single_model,
-           "retry_below": args.retry_below, "register_leftovers": args.register_leftovers,
+           "retry_below": args.retry_below, "register_leftovers": not args.no_leftovers,
            "max_seconds": args.max_sfm_seconds}
     return ReconstructConfig(
         shortlist_k=0 if args.all_pairs else args.shortlist_k, all_pairs_up_to=args.all_pairs_up_to,

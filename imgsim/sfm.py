@@ -56,6 +56,10 @@ class SfmConfig(DictConfig):
         Triangulation angle of the initial pair, degrees (COLMAP 16).
     init_num_trials : int
         Initial pairs tried per model (COLMAP 200).
+    init_max_forward_motion : float
+        In [0, 1]: initial pairs whose motion is more along the viewing
+        direction than this are refused (COLMAP 0.95); a walk down a street
+        or a video moving forward has no other pairs.
     abs_pose_min_num_inliers : int
         2D-3D inliers to register an image (COLMAP 30).
     abs_pose_min_inlier_ratio : float
@@ -64,14 +68,18 @@ class SfmConfig(DictConfig):
         Start new models from the images a model leaves out.
     retry_below : float
         In [0, 1]: when the largest model holds less than this fraction of
-        the cluster, map again with halved initial-pair thresholds
-        (inliers, triangulation angle) and keep the run whose largest model is
-        larger. 0: never.
+        the cluster, map again from relaxed initial-pair thresholds (inliers
+        and triangulation angle halved, forward motion allowed) and keep the
+        run whose largest model is larger. 0: never. Measured: a street walk
+        of 29 phone photos (opensfm lund) registers 0 at COLMAP's defaults
+        and 21 after the retry.
     register_leftovers : bool
         After mapping, try to register the images no model holds into the
         largest model with halved registration thresholds (inliers, ratio).
+        Measured: the street walk above 21 → 24 of 29 registered; the hard
+        benchmark unchanged.
     max_seconds : float
-        Time limit of one mapping run (0: none).
+        Time limit of one mapping run, in seconds, rounded up (0: none).
     """
 
     camera_mode: str = "auto"
@@ -79,11 +87,12 @@ class SfmConfig(DictConfig):
     init_min_num_inliers: int = 100
     init_min_tri_angle: float = 16.0
     init_num_trials: int = 200
+    init_max_forward_motion: float = 0.95
     abs_pose_min_num_inliers: int = 30
     abs_pose_min_inlier_ratio: float = 0.25
     multiple_models: bool = True
-    retry_below: float = 0.0
-    register_leftovers: bool = False
+    retry_below: float = 0.5
+    register_leftovers: bool = True
     max_seconds: float = 0.0
 
     def __post_init__(self):
@@ -96,7 +105,8 @@ class SfmConfig(DictConfig):
                             ("abs_pose_min_num_inliers", 4)):
             check_int(name, getattr(self, name), least)
         for name, low, high in (("init_min_tri_angle", 0, 90), ("abs_pose_min_inlier_ratio", 0, 1),
-                                ("retry_below", 0, 1), ("max_seconds", 0, math.inf)):
+                                ("init_max_forward_motion", 0, 1), ("retry_below", 0, 1),
+                                ("max_seconds", 0, math.inf)):
             check_number(name, getattr(self, name), low, high)
 
 
@@ -265,11 +275,12 @@ def _options(config, min_model_size, threads, relax_init=False, relax_registrati
     options.multiple_models = config.multiple_models
     options.init_num_trials = config.init_num_trials
     if config.max_seconds:
-        options.max_runtime_seconds = float(config.max_seconds)
+        options.max_runtime_seconds = int(math.ceil(config.max_seconds))  # COLMAP takes whole seconds
     scale_init, scale_reg = (0.5 if relax_init else 1.0), (0.5 if relax_registration else 1.0)
     mapper = options.mapper
     mapper.init_min_num_inliers = max(8, int(config.init_min_num_inliers * scale_init))
     mapper.init_min_tri_angle = config.init_min_tri_angle * scale_init
+    mapper.init_max_forward_motion = 1.0 if relax_init else config.init_max_forward_motion
     mapper.abs_pose_min_num_inliers = max(4, int(config.abs_pose_min_num_inliers * scale_reg))
     mapper.abs_pose_min_inlier_ratio = config.abs_pose_min_inlier_ratio * scale_reg
     return options

@@ -94,3 +94,22 @@ def test_webp_photos_reach_sfm(tmp_path, sample_root):
         R = np.array(pose["R"])
         assert np.allclose(R @ R.T, np.eye(3), atol=1e-6)
     assert os.path.exists(tmp_path / "sfm" / "database.db")
+
+
+def test_mapper_options_and_their_relaxed_retries():
+    pytest.importorskip("pycolmap")
+    from imgsim.sfm import _options
+
+    config = SfmConfig(init_min_num_inliers=100, init_min_tri_angle=16.0, abs_pose_min_num_inliers=30,
+                       abs_pose_min_inlier_ratio=0.25, init_max_forward_motion=0.9, max_seconds=60)
+    plain = _options(config, 3, 2)
+    assert (plain.mapper.init_min_num_inliers, plain.mapper.init_min_tri_angle,
+            plain.mapper.init_max_forward_motion) == (100, 16.0, pytest.approx(0.9))
+    assert plain.min_model_size == 3 and plain.num_threads == 2 and plain.max_runtime_seconds == 60
+    retry = _options(config, 3, 2, relax_init=True)  # halved, and a walk straight ahead allowed
+    assert (retry.mapper.init_min_num_inliers, retry.mapper.init_min_tri_angle,
+            retry.mapper.init_max_forward_motion) == (50, 8.0, 1.0)
+    leftovers = _options(config, 3, 2, relax_registration=True)
+    assert (leftovers.mapper.abs_pose_min_num_inliers, leftovers.mapper.abs_pose_min_inlier_ratio) == \
+        (15, pytest.approx(0.125))
+    assert leftovers.mapper.init_min_num_inliers == 100
