@@ -18,8 +18,12 @@ from imgsim import quiet as _quiet
 from imgsim.errors import (
     ConfigError,
     DataLayoutError,
+    DataWarning,
+    EmbeddingError,
     ImageDecodeError,
     ImgsimError,
+    LockedError,
+    OutputError,
     WeightsNotFoundError,
 )
 
@@ -30,8 +34,12 @@ _quiet.install()
 __all__ = [
     "ConfigError",
     "DataLayoutError",
+    "DataWarning",
+    "EmbeddingError",
     "ImageDecodeError",
     "ImgsimError",
+    "LockedError",
+    "OutputError",
     "WeightsNotFoundError",
     "__version__",
 ]

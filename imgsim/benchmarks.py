@@ -16,6 +16,7 @@ import pandas as pd
 from imgsim.data import LABEL_COLUMNS, OUTLIERS, SAMPLE_DATA, load_table, scene_keys
 from imgsim.errors import ConfigError, DataLayoutError
 from imgsim.fileio import atomic_write_bytes, atomic_write_text
+from imgsim.reconstruct import _join
 
 
 BENCHMARKS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -76,8 +77,13 @@ def build_benchmark(name, out_root, source_root=None, specs_file=BENCHMARKS_FILE
     return labels
 
 
+def _no_pose(text):
+    """True for an empty cell, a bare ``nan`` or ``nan;nan;...``."""
+    return all(token.strip().lower() in ("", "nan") for token in str(text).split(";"))
+
+
 def _posed(table):
-    return np.array([str(r).strip().lower() not in ("", "nan") and str(t).strip().lower() not in ("", "nan")
+    return np.array([not _no_pose(r) and not _no_pose(t)
                      for r, t in zip(table["rotation_matrix"], table["translation_vector"])], bool)
 
 
@@ -248,7 +254,7 @@ def make_imc_benchmark(table, out_root, datasets, seed=0, reserve=(), posed=True
         if isinstance(outliers, list):
             for entry in outliers:
                 drawn = _draw_outliers(name, entry, spare, taken, rng)
-                rows += [(name, OUTLIERS, path, "nan", "nan", key)
+                rows += [(name, OUTLIERS, path, None, None, key)
                          for path, key in zip(drawn["path"], scene_keys(drawn))]
             continue
         if outliers > len(spare_scenes):
@@ -261,7 +267,7 @@ def make_imc_benchmark(table, out_root, datasets, seed=0, reserve=(), posed=True
                                   "is drawn already (by a list of outlier sources)")
             row = members.iloc[int(rng.integers(len(members)))]
             taken.add(row["path"])
-            rows.append((name, OUTLIERS, row["path"], "nan", "nan", key))
+            rows.append((name, OUTLIERS, row["path"], None, None, key))
     by_key = dict(zip(table["dataset"] + "/" + [os.path.basename(p) for p in table["path"]],
                       table["path"]))
     labels, sources = [], []
@@ -280,6 +286,8 @@ def make_imc_benchmark(table, out_root, datasets, seed=0, reserve=(), posed=True
                 os.link(path, target)
             except OSError:
                 shutil.copyfile(path, target)
+        if rot is None or _no_pose(rot) or _no_pose(trans):  # no pose: 9 and 3 nans,
+            rot, trans = _join(None, 9), _join(None, 3)  # as the official reader needs
         labels.append((name, scene, image, rot, trans))
         sources.append((name, image, key))
     frame = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))

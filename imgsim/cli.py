@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from imgsim.errors import ImgsimError
+from imgsim.errors import DataWarning, ImgsimError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -120,14 +120,17 @@ def _add_embed_args(p):
                    help="a .keras model (default: ImageNet MobileNetV2 GAP features)")
     p.add_argument("--out", default="embeddings.npz", help="output .npz (paths, labels, embeddings)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="input side of the ImageNet default (64 to 1024)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="bad image files: stop, or leave them out and count them")
 
 
 def cmd_embed(args):
     from imgsim.model import embed_folder
 
     embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
-                 image_size=args.image_size)
+                 image_size=args.image_size, on_error=args.on_error)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -179,9 +182,12 @@ def cmd_sweep(args):
 
     result = sweep(args.experiment, out_root=args.out_root, workers=args.workers,
                    scheduler=args.scheduler, retry_failed=args.retry_failed)
-    print(open(os.path.join(result["root"], "summary.md")).read())
-    print(f"ran {result['ran']}, skipped {result['skipped']} finished, failed {result['failed']}; "
-          f"summary: {os.path.join(result['root'], 'summary.md')}")
+    with open(os.path.join(result["root"], "summary.md"), encoding="utf-8") as f:
+        print(f.read())
+    earlier = (f" ({result['failed_earlier']} from an earlier sweep: --retry-failed runs them "
+               "again)") if result["failed_earlier"] else ""
+    print(f"ran {result['ran']}, skipped {result['skipped']} finished, failed {result['failed']}"
+          f"{earlier}; summary: {os.path.join(result['root'], 'summary.md')}")
     return 1 if result["failed"] else 0
 
 
@@ -236,18 +242,19 @@ def cmd_serve(args):
 def _add_demo_args(p):
     p.add_argument("--runs-dir", default="runs", help="parent folder of the demo's run folder")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"), help="where the table goes")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (default: 8)")
 
 
 def cmd_demo(args):
+    from dataclasses import replace
+
     from imgsim.demo import DemoConfig, run_demo
 
-    config = DemoConfig()
-    config.train.runs_dir = args.runs_dir
-    config.report_dir = args.report_dir
-    if args.epochs:
-        config.train.epochs = args.epochs
-    run_demo(config)
+    train = DemoConfig().train
+    changes = {"runs_dir": args.runs_dir}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    run_demo(DemoConfig(train=replace(train, **changes), report_dir=args.report_dir))
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -465,16 +472,54 @@ def build_parser(argv=None):
     return parser
 
 
+def _fail(message, status=2):
+    """Print ``message`` as one line on stderr, after closing the tqdm bars an error left open
+    (so that it starts on a line of its own); returns ``status``."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+    print(message, file=sys.stderr)
+    return status
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """imgsim's own warnings (e.g. ``DataWarning``) as one line, without the source line."""
+    print(f"{category.__name__}: {message}", file=file or sys.stderr)
+
+
+# File-system failures that are the environment's, not a bug: reported as one line.
+_ENVIRONMENT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EMFILE", "ENAMETOOLONG")
+
+
 def main(argv=None):
+    """Run ``imgsim VERB ...``; returns the exit status.
+
+    0: done; 1: done, but some runs failed (``sweep``); 2: bad input, printed
+    as one line ``ErrorClass: file or argument: problem`` on stderr, nothing
+    of earlier results changed; 130: interrupted.
+    """
+    import errno
+    import warnings
+
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before the parser: building train's arguments imports TensorFlow.
     set_verbosity(-1 if {"-q", "--quiet"} & set(argv) else 1 if {"-v", "--verbose"} & set(argv) else 0)
     args = build_parser(argv).parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except ImgsimError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", DataWarning)  # each run says what it repaired
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args) or 0
+        except ImgsimError as exc:
+            return _fail(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            if exc.filename is None or errno.errorcode.get(exc.errno) not in _ENVIRONMENT_ERRNOS:
+                raise
+            return _fail(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}")
+        except MemoryError as exc:  # numpy says how much it tried to allocate
+            return _fail(f"MemoryError: {exc or 'out of memory'} (smaller images, batches or data?)")
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
 
 
 if __name__ == "__main__":

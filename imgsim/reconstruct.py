@@ -23,10 +23,12 @@ from the last finished stage:
    (:func:`imgsim.sfm.map_cluster`) → ``sfm.json``.
 
 Each reconstructed model with at least ``min_cluster_size`` images becomes one
-predicted scene; images registered in none are ``outliers`` with ``nan``
-poses (an image placed in no cluster costs no clusterness, and an unposed image
-scores the same in mAA wherever it is put). Poses follow COLMAP's and IMC's
-convention: a world point X maps to camera coordinates as ``R X + t``.
+predicted scene; images registered in none are ``outliers`` with no pose
+(``nan;nan;nan;nan;nan;nan;nan;nan;nan`` and ``nan;nan;nan``, as Kaggle's
+``sample_submission.csv`` and the official reader need; an image placed in
+no cluster costs no clusterness, and an unposed image scores the same in mAA
+wherever it is put). Poses follow COLMAP's and IMC's convention: a world point X
+maps to camera coordinates as ``R X + t``.
 """
 
 import dataclasses
@@ -34,7 +36,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,10 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from imgsim.config import DictConfig, check_int, check_number, is_int
+from imgsim.config import DictConfig, check_choice, check_range
 from imgsim.images import IMAGE_EXTENSIONS, file_digest
-from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.errors import ConfigError, DataLayoutError, WeightsNotFoundError
 from imgsim.graph import METHODS, cluster_graph, edge_evidence
+from imgsim.model import check_image_size
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.sfm import SfmConfig
 from imgsim.sift import FeatureCache, SiftConfig
@@ -135,22 +137,22 @@ class ReconstructConfig(DictConfig):
     sfm: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        super().__post_init__()  # the field types
         for name, least in (("shortlist_k", 0), ("all_pairs_up_to", 0), ("min_inliers", 1),
-                            ("min_cluster_size", 2), ("image_size", 32), ("min_bridge_images", 1)):
-            check_int(name, getattr(self, name), least)
-        if self.processes is not None and (not is_int(self.processes) or self.processes < 1):
-            raise ConfigError(f"processes must be an integer >= 1 (or None: every core), "
-                              f"got {self.processes!r}")
-        if self.cluster_method not in METHODS:
-            raise ConfigError(f"cluster_method must be one of {METHODS}, got {self.cluster_method!r}")
+                            ("min_cluster_size", 2), ("min_bridge_images", 1)):
+            check_range(name, getattr(self, name), least, integer=True)
+        if self.processes is not None:
+            check_range("processes", self.processes, 1, integer=True)
+        check_choice("cluster_method", self.cluster_method, METHODS)
         for name, low, high in (("planar_weight", 0, 1), ("min_spread", 0, 1),
-                                ("min_best_inliers", 0, math.inf), ("max_conductance", 0, 1),
-                                ("louvain_resolution", 1e-9, math.inf)):
-            check_number(name, getattr(self, name), low, high)
-        for name in ("model", "fusion_model"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"{name}: {path}: no such file")
+                                ("min_best_inliers", 0, None), ("max_conductance", 0, 1)):
+            check_range(name, getattr(self, name), low, high)
+        check_range("louvain_resolution", self.louvain_resolution, 0, low_open=True)
+        check_image_size(self.image_size)  # the embedding's, before any work
+        if self.model is not None and not os.path.isfile(self.model):
+            raise WeightsNotFoundError(f"{self.model}: model file does not exist")
+        if self.fusion_model is not None and not os.path.isfile(self.fusion_model):
+            raise ConfigError(f"fusion_model: {self.fusion_model}: no such file")
         # validate the nested settings now, not after embedding
         self.sift_config(), self.sfm_config(), self.sfm_sift_config(), self.fusion()
 
@@ -585,7 +587,8 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
         See :func:`list_datasets`.
     out : str or path
         The submission CSV, columns ``SUBMISSION_COLUMNS``: R row-major, 9
-        values joined by ``;``, t 3 values, ``nan`` for unregistered images.
+        values joined by ``;``, t 3 values; an unregistered image gets 9 and 3
+        ``nan`` joined by ``;`` (what the official reader accepts).
         Written atomically once every dataset is done; a directory (or a
         path under a file) is refused before any work.
     work_dir : str or path, optional

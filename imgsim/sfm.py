@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsim.config import DictConfig, check_flag, check_int, check_number
+from imgsim.config import DictConfig, check_choice, check_range
 from imgsim.errors import ConfigError, ImageDecodeError
 
 CAMERA_MODES = ("auto", "single", "per_image")
@@ -96,18 +96,15 @@ class SfmConfig(DictConfig):
     max_seconds: float = 0.0
 
     def __post_init__(self):
-        if self.camera_mode not in CAMERA_MODES:
-            raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
-                              f"got {self.camera_mode!r}")
-        for name in ("exif_focal", "multiple_models", "register_leftovers"):
-            check_flag(name, getattr(self, name))
+        super().__post_init__()  # the field types, booleans included
+        check_choice("camera_mode", self.camera_mode, CAMERA_MODES)
         for name, least in (("init_min_num_inliers", 8), ("init_num_trials", 1),
                             ("abs_pose_min_num_inliers", 4)):
-            check_int(name, getattr(self, name), least)
+            check_range(name, getattr(self, name), least, integer=True)
         for name, low, high in (("init_min_tri_angle", 0, 90), ("abs_pose_min_inlier_ratio", 0, 1),
                                 ("init_max_forward_motion", 0, 1), ("retry_below", 0, 1),
-                                ("max_seconds", 0, math.inf)):
-            check_number(name, getattr(self, name), low, high)
+                                ("max_seconds", 0, None)):
+            check_range(name, getattr(self, name), low, high)
 
 
 # --------------------------------------------------------------------------- cameras

@@ -34,6 +34,13 @@ def test_make_imc_benchmark_mixes_posed_scenes_and_outliers(tmp_path, sample_roo
         assert (tmp_path / "train" / row.dataset / row.image).read_bytes() == open(src.path, "rb").read()
     written = pd.read_csv(tmp_path / "train_labels.csv", dtype=str, keep_default_na=False)
     assert list(written["image"]) == list(labels["image"])
+    # the official reader: split on ';', reshape to 3 x 3 and 3; outliers are 9 and 3 nans
+    for row in written.itertuples():
+        R = np.array([float(x) for x in row.rotation_matrix.split(";")]).reshape(3, 3)
+        t = np.array([float(x) for x in row.translation_vector.split(";")]).reshape(3)
+        assert np.isnan(np.r_[R.ravel(), t]).all() == (row.scene == "outliers")
+    assert (written[written["scene"] == "outliers"]["rotation_matrix"]
+            == "nan;nan;nan;nan;nan;nan;nan;nan;nan").all()
     with pytest.raises(DataLayoutError, match="already exists"):
         make_imc_benchmark(source, tmp_path, spec)
 
@@ -87,7 +94,9 @@ def test_backdrop_and_unposed_scenes(tmp_path, sample_root):
     # the backdrop band is the same in every photo (JPEG noise aside), the middle is each photo's own
     assert np.abs(images[0][:, :edge] - images[1][:, :edge]).mean() < 3
     assert np.abs(images[0][:, edge:-edge] - images[1][:, edge:-edge]).mean() > 10
-    assert (labels[labels["dataset"] == "unposed"]["rotation_matrix"] == "nan").all()
+    unposed = labels[labels["dataset"] == "unposed"]
+    assert (unposed["rotation_matrix"] == "nan;nan;nan;nan;nan;nan;nan;nan;nan").all()
+    assert (unposed["translation_vector"] == "nan;nan;nan").all()
     assert len(labels[labels["dataset"] == "unposed"]) == 4
 
 

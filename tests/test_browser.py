@@ -2,7 +2,7 @@
 
 One server for the module (calibrated by the shipped ImageNet report, a session file, a 10 s cull
 timeout). The first test picks, compares, moves a slider, uploads good and bad files, switches
-back to a picker, downloads the history and saves ``reports/inspector/screenshot.png``; the
+back to a picker, downloads the history and saves a screenshot ($IMGSIM_SCREENSHOT); the
 second opens and closes the page 5 times and checks that every visit's kernel goes and the
 server's memory comes back.
 
@@ -26,7 +26,10 @@ from PIL import Image
 from conftest import REPO, SAMPLE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOT = os.path.join(REPO, "reports", "inspector", "screenshot.png")
+# The committed screenshot is refreshed on purpose (IMGSIM_SCREENSHOT=reports/inspector/screenshot.png);
+# an ordinary test run writes its copy with the other test outputs and leaves the working tree alone.
+SCREENSHOT = os.path.abspath(os.environ.get("IMGSIM_SCREENSHOT") or os.path.join(
+    os.environ.get("IMGSIM_OUTPUT_DIR", "/tmp"), "inspector_screenshot.png"))
 REPORT = os.path.join(REPO, "reports", "shared_data_imagenet", "metrics.json")
 LIMIT_MB = 25
 CULL_S = 10  # short, yet longer than a loaded machine takes from kernel start to page connect

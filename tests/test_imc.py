@@ -1,6 +1,7 @@
 """The IMC 2025 score (imgsim.imc) on hand-made ground truth with hand-computed values."""
 
 import csv
+import json
 import os
 import re
 import warnings
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import reference_path
 from imgsim.errors import DataLayoutError
 from imgsim.imc import (ScoreWarning, camera_centres, horn_similarity, mAA, read_submission,
                         register_by_ransac, score)
@@ -493,36 +495,6 @@ def test_random_cases_stay_within_100_and_agree_where_no_quirk_applies(tmp_path)
                                                                      abs=1e-12), (case, name)
                 compared += 1
     assert compared >= 5, compared
-
-
-@pytest.mark.skipif(not os.environ.get("IMGSIM_IMC25_METRIC"),
-                    reason="set IMGSIM_IMC25_METRIC to the official imc25-utils metric.py to compare with it")
-def test_official_rule_equals_the_official_code(tmp_path):
-    """200 random cases (shuffled rows, outliers, scenes sharing no image, ties, small scenes) against the
-    hosts' own code, to 1e-12; where that code fails (LinAlgError), imgsim must have warned."""
-    import contextlib as cl
-    import importlib.util
-    import io
-
-    spec = importlib.util.spec_from_file_location("imc25_metric", os.environ["IMGSIM_IMC25_METRIC"])
-    metric = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(metric)
-    rng, compared = np.random.default_rng(2025), 0
-    for case in range(200):
-        gt, sub, th = write_case(tmp_path, rng, case)
-        with warnings.catch_warnings(), cl.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            ours = score(gt, sub, th, official=True)
-            try:
-                (final, *_), (per_dataset, *_) = metric.score(gt_csv=gt, user_csv=sub, thresholds_csv=th)
-            except np.linalg.LinAlgError:
-                assert any("LinAlgError" in w for w in ours["warnings"]), case
-                continue
-        assert ours["score"] == pytest.approx(final, abs=1e-12), case
-        for name, value in per_dataset.items():
-            assert 100 * ours["datasets"][name]["score"] == pytest.approx(value, abs=1e-12), (case, name)
-        compared += 1
-    assert compared > 150
 
 
 # --------------------------------------------------------------------------- submissions the official reader takes
