@@ -211,7 +211,7 @@ def cmd_report(args):
              "below; every run on the 2-core VM (no GPU), `nice -n 5`, timed runs under "
              "`flock /tmp/imgsim-timing.lock`, each in a fresh work dir unless said. Settings: ImageNet "
              "MobileNetV2 shortlist at 224 px, SIFT 4,000 features at ≤ 1,024 px, pycolmap incremental "
-             "mapping. *Before*: the code before issue 11 (commit 39a3d52: connected components of "
+             "mapping. *Before*: the code before issue 11 (main at commit 777410b: connected components of "
              "pairs with ≥ 30 inliers, one camera per image size, COLMAP defaults). Scores are the IMC "
              "score in %, the mean over datasets.", ""]
     metrics = {"runs": {}, "loads": loads}
@@ -219,13 +219,20 @@ def cmd_report(args):
         lines += [f"## `{bench}`", ""] + before_after_table(runs, bench) + [""]
     lines += ["## Unposed scenes (registered fraction, cluster purity)", ""] + unposed_table(runs) + [""]
     t, ratios = timing_table(runs, loads, ("hard", "full"))
-    lines += ["## Wall time per stage (seconds, summed over datasets)", ""] + t + [""]
+    lines += ["## Wall time per stage (seconds, summed over datasets)", "",
+              "Every *after* run in a fresh work dir (nothing cached). The *before* all-pairs runs shared "
+              "the shortlist run's work dir, so their SIFT features were cached (embed 0, match without "
+              "extraction): their ratio understates the cost of all pairs. The load average is the "
+              "machine's (2 cores, shared with other engineers' jobs), at the run's end.", ""] + t + [""]
     metrics["all_pairs_over_shortlist_wall"] = ratios
     if args.sweep:
         s, df = sweep_table(args.sweep)
         lines += [f"## Sweep (`experiments/imc.yaml`, {len(df)} settings)", "",
                   "Runs of one benchmark share stage caches, so a row's wall time is only the stages its "
-                  "setting changed; it is not a timing measurement.", ""] + s + [""]
+                  "setting changed; it is not a timing measurement. Blank cells are the defaults "
+                  "(shortlist_k 10, min_inliers 30, no further settings); scores in %; "
+                  "`scene_images_left_out` counts the unposed scenes' images outside their main "
+                  "cluster too.", ""] + s + [""]
         metrics["sweep"] = json.loads(df.to_json(orient="records"))
     if args.notes:
         lines += [open(args.notes).read().rstrip(), ""]
