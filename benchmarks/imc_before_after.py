@@ -178,6 +178,7 @@ def sweep_table(csv_path):
     import pandas as pd
 
     df = pd.read_csv(csv_path)
+    df = df[df["status"] == "ok"] if "status" in df.columns else df
     keep = [c for c in ("benchmark", "shortlist_k", "min_inliers", "settings", "score", "wall_s",
                         "outliers_clustered", "scene_images_left_out") if c in df.columns]
     per = [c for c in df.columns if c.startswith("datasets.") and c.endswith(".score")]
@@ -192,7 +193,7 @@ def sweep_table(csv_path):
             elif c in per:
                 cells.append(f"{100 * v:.2f}")
             elif isinstance(v, float):
-                cells.append(f"{v:g}" if c in ("shortlist_k", "min_inliers") else f"{v:.2f}")
+                cells.append(f"{v:g}" if v.is_integer() and c != "score" else f"{v:.2f}")
             else:
                 cells.append(str(v).replace("|", "/"))
         out.append("| " + " | ".join(cells) + " |")
@@ -200,6 +201,8 @@ def sweep_table(csv_path):
 
 
 def cmd_report(args):
+    import pandas as pd
+
     runs = {}
     for name in sorted(os.listdir(args.runs)):
         if re.fullmatch(r"(before|after)-(hard|full|unposed)-k\d+", name) and \
@@ -229,7 +232,8 @@ def cmd_report(args):
     metrics["all_pairs_over_shortlist_wall"] = ratios
     if args.sweep:
         s, df = sweep_table(args.sweep)
-        lines += [f"## Sweep (`experiments/imc.yaml`, {len(df)} settings)", "",
+        total = len(pd.read_csv(args.sweep))
+        lines += [f"## Sweep (`experiments/imc.yaml`: {len(df)} of its {total} settings ran)", "",
                   "Runs of one benchmark share stage caches, so a row's wall time is only the stages its "
                   "setting changed; it is not a timing measurement. Blank cells are the defaults "
                   "(shortlist_k 10, min_inliers 30, no further settings); scores in %; "
