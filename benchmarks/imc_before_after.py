@@ -249,15 +249,11 @@ def cmd_report(args):
 
     os.makedirs(args.out, exist_ok=True)
     figures = []
-    for name in sorted(runs):  # predicted vs true camera centres of each shortlist run
+    for name in sorted(runs):  # predicted vs true camera centres of the posed shortlist runs
         source = os.path.join(args.runs, name, "camera_centres.png")
-        if name.startswith("after-") and name.endswith("-k10") and os.path.isfile(source):
+        if name in ("after-hard-k10", "after-full-k10") and os.path.isfile(source):
             figures.append(f"camera_centres_{name.split('-')[1]}.png")
             shutil.copyfile(source, os.path.join(args.out, figures[-1]))
-    if args.sweep and os.path.isfile(os.path.join(os.path.dirname(args.sweep), "metrics_vs_parameters.png")):
-        figures.append("sweep_metrics_vs_parameters.png")
-        shutil.copyfile(os.path.join(os.path.dirname(args.sweep), "metrics_vs_parameters.png"),
-                        os.path.join(args.out, figures[-1]))
     if figures:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     atomic_write_text(os.path.join(args.out, "summary.md"), "\n".join(lines))
