@@ -49,7 +49,7 @@ training-cv: install
 	$(PY) -m imgsim crossval --from-sweep reports/sweeps/training_cv --report-dir reports/training
 
 imc: install
-	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/imc.yaml
+	IMGSIM_DATA=$(SHARED)/data IMGSIM_IMC_WORK=$(abspath runs/imc-work) $(PY) -m imgsim sweep experiments/imc.yaml
 
 clean:
 	rm -rf runs reports/sweeps .pytest_cache
