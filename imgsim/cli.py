@@ -121,13 +121,27 @@ def _add_embed_args(p):
     p.add_argument("--out", default="embeddings.npz", help="output .npz (paths, labels, embeddings)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
+    _add_dask_args(p, "embed")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of the content-keyed embedding shards, so a killed run resumes "
+                        "(default with Dask: ~/.cache/imgsim/embeddings); on a cluster it must be "
+                        "on storage every worker mounts at the same path")
+
+
+def _add_dask_args(p, what):
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--workers", type=int, default=None,
+                      help=f"{what} on a local Dask cluster of this many worker processes")
+    dask.add_argument("--scheduler", default=None,
+                      help=f"{what} on an existing Dask cluster: its scheduler's address (tcp://HOST:PORT)")
 
 
 def cmd_embed(args):
     from imgsim.model import embed_folder
 
     embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
-                 image_size=args.image_size)
+                 image_size=args.image_size, scheduler=args.scheduler, workers=args.workers,
+                 cache_dir=args.cache_dir)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -238,6 +252,7 @@ def _add_reconstruct_args(p):
     p.add_argument("--sift-features", type=int, default=4000, help="SIFT features per image")
     p.add_argument("--sift-max-side", type=int, default=1024, help="longest side SIFT sees, in pixels")
     p.add_argument("--processes", type=int, default=None, help="matching processes and COLMAP threads (default: every core)")
+    _add_dask_args(p, "embed and match")
 
 
 def cmd_reconstruct(args):
@@ -247,7 +262,8 @@ def cmd_reconstruct(args):
     config = ReconstructConfig(shortlist_k=0 if args.all_pairs else args.shortlist_k,
                                all_pairs_up_to=args.all_pairs_up_to, min_inliers=args.min_inliers,
                                min_cluster_size=args.min_cluster_size, model=args.model,
-                               image_size=args.image_size, sift=sift, processes=args.processes)
+                               image_size=args.image_size, sift=sift, processes=args.processes,
+                               scheduler=args.scheduler, workers=args.workers)
     result = reconstruct(args.data_root, args.out, work_dir=args.work_dir, config=config,
                          datasets=args.datasets)
     registered = sum(info["registered"] for info in result["info"].values())

@@ -26,6 +26,7 @@ scores the same in mAA wherever it is put). Poses follow COLMAP's and IMC's
 convention: a world point X maps to camera coordinates as ``R X + t``.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from imgsim import distributed
 from imgsim.config import DictConfig
 from imgsim.images import IMAGE_EXTENSIONS
 from imgsim.errors import ConfigError, DataLayoutError
@@ -75,6 +77,12 @@ class ReconstructConfig(DictConfig):
         How COLMAP groups images into cameras (``auto``: by size and EXIF).
     max_sfm_seconds : float
         Time limit of each component's incremental mapping (0: none).
+    scheduler : str or None
+        Embed and match on an existing Dask cluster (``tcp://HOST:PORT``); the
+        work dir (feature cache, embedding shards), the images and ``model``
+        must be on storage every worker sees at the same path.
+    workers : int or None
+        Embed and match on a local Dask cluster of this many processes.
     """
 
     shortlist_k: int = 10
@@ -87,6 +95,8 @@ class ReconstructConfig(DictConfig):
     processes: int = None
     camera_mode: str = "auto"
     max_sfm_seconds: float = 0
+    scheduler: str = None
+    workers: int = None
 
     def __post_init__(self):
         for name, least in (("shortlist_k", 0), ("all_pairs_up_to", 0), ("min_inliers", 1),
@@ -98,9 +108,15 @@ class ReconstructConfig(DictConfig):
             raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
                               f"got {self.camera_mode!r}")
         self.sift_config()  # validates the SIFT settings now, not after embedding
+        if self.on_dask():
+            distributed.check(self.scheduler, self.workers)
 
     def sift_config(self):
         return SiftConfig.from_dict(dict(self.sift))
+
+    def on_dask(self):
+        """Whether the embed and match stages run on Dask."""
+        return distributed.enabled(self.scheduler, self.workers)
 
 
 # --------------------------------------------------------------------------- input
@@ -172,8 +188,18 @@ def embedding_model(config):
     return build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
 
 
-def embed_stage(paths, model):
-    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised."""
+def embed_stage(paths, model, config=None, cache_dir=None):
+    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised.
+
+    On Dask (``config.on_dask()``) in content-keyed shards under ``cache_dir``
+    (:func:`imgsim.model.embed_sharded`, model ``config.model`` or the
+    ImageNet baseline; ``model`` is unused), else with ``model`` here.
+    """
+    if config is not None and config.on_dask():
+        from imgsim.model import embed_sharded
+
+        return embed_sharded(paths, config.model, config.image_size, cache_dir, progress=True,
+                             scheduler=config.scheduler, workers=config.workers)
     from imgsim.model import embed
 
     return embed(model, list(paths), progress=True)
@@ -194,7 +220,8 @@ def match_stage(paths, pairs, config, cache):
     from imgsim.sift import score_pairs
 
     results = score_pairs([(paths[i], paths[j]) for i, j in pairs], config.sift_config(), cache,
-                          config.processes, progress=True, keep_matches=True)
+                          config.processes, progress=True, keep_matches=True,
+                          workers=config.workers, scheduler=config.scheduler)
     return [inliers for _, inliers in results]
 
 
@@ -401,7 +428,9 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
         atomic_write_json(timings_file, timings)
         return result
 
-    embeddings = run("embed", k_embed, "npy", lambda: embed_stage(paths, model()), np.load, _save_npy)
+    embeddings = run("embed", k_embed, "npy",
+                     lambda: embed_stage(paths, None if config.on_dask() else model(), config,
+                                         os.path.join(work_dir, "embeddings")), np.load, _save_npy)
     pairs = run("pairs", k_pairs, "json", lambda: pairs_stage(embeddings, config),
                 lambda f: [tuple(p) for p in read_json(f)], atomic_write_json)
     matches = run("match", k_match, "npz", lambda: match_stage(paths, pairs, config, cache),
@@ -471,14 +500,16 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
     cache = FeatureCache(os.path.join(work_dir, "features"))
     model = functools.lru_cache(maxsize=1)(lambda: embedding_model(config))  # built once, if needed
     rows, timings, info = [], {}, {}
-    for name, group in table.groupby("dataset", sort=True):
-        placed, timings[name], info[name] = reconstruct_dataset(
-            name, list(group["path"]), work_dir, config, cache, model)
-        ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
-        for image_id, image in zip(ids, group["image"]):
-            scene, R, t = placed[image]
-            rows.append({"image_id": image_id, "dataset": name, "scene": scene,
-                         "image": image, "rotation_matrix": _join(R), "translation_vector": _join(t)})
+    with distributed.client(config.scheduler, config.workers) if config.on_dask() else \
+            contextlib.nullcontext():  # one cluster for every dataset's stages
+        for name, group in table.groupby("dataset", sort=True):
+            placed, timings[name], info[name] = reconstruct_dataset(
+                name, list(group["path"]), work_dir, config, cache, model)
+            ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
+            for image_id, image in zip(ids, group["image"]):
+                scene, R, t = placed[image]
+                rows.append({"image_id": image_id, "dataset": name, "scene": scene, "image": image,
+                             "rotation_matrix": _join(R), "translation_vector": _join(t)})
     submission = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
     atomic_write_text(out, submission.to_csv(index=False))
     result = {"timings": timings, "info": info, "wall_s": time.perf_counter() - start,

@@ -213,7 +213,8 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
     out_root : str
         Runs go to ``out_root/<name>/<run-id>/``.
     workers : int
-        Processes of the local Dask cluster (ignored with ``scheduler``).
+        Processes of the local Dask cluster (ignored with ``scheduler``); see
+        :func:`imgsim.distributed.client`.
     scheduler : str, optional
         Address of an existing Dask scheduler, e.g. ``tcp://host:8786``.
     retry_failed : bool
@@ -223,8 +224,12 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
     -------
     dict with ``ran``, ``skipped``, ``failed`` counts and the summary rows.
     """
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
+    from imgsim import distributed
+
+    workers = None if scheduler else workers  # an existing cluster brings its own workers
+    distributed.check(scheduler, workers)
     experiment = load_experiment(path)
     root = os.path.join(out_root, experiment.name)
     os.makedirs(root, exist_ok=True)
@@ -243,9 +248,7 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
           f"(skipped), {len(todo)} to run", flush=True)
     failed = 0
     if todo:
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1,
-                                                      processes=True, dashboard_address=None)
-        with Client(scheduler or cluster) as client:
+        with distributed.client(scheduler, workers) as client:
             futures = [client.submit(execute_run, experiment.notebook, params, folder,
                                      key=f"run-{os.path.basename(folder)}", pure=False)
                        for params, folder in todo]
@@ -256,8 +259,6 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
             for future in done:
                 failed += future.result()["status"] == FAILED
                 write_summary(experiment, root)
-        if cluster is not None:
-            cluster.close()
     rows = write_summary(experiment, root)
     return {"ran": len(todo), "skipped": skipped, "failed": failed, "rows": rows, "root": root}
 
