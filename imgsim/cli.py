@@ -242,6 +242,9 @@ def _add_reconstruct_args(p):
     p.add_argument("--work-dir", default=None, help="stage outputs, resumable (default: <out>.work)")
     p.add_argument("--datasets", nargs="+", default=None, help="only these datasets")
     p.add_argument("--shortlist-k", type=int, default=10, help="neighbours per image by embedding")
+    p.add_argument("--shortlist-index", default="auto", choices=["auto", "exact", "ivf", "hnsw", "ivfpq"],
+                   help="how neighbours are found: exact, or an approximate FAISS index "
+                        "(auto: exact up to 20,000 images per dataset)")
     p.add_argument("--all-pairs", action="store_true", help="match all pairs (no shortlist)")
     p.add_argument("--all-pairs-up-to", type=int, default=20,
                    help="datasets this small match all pairs anyway")
@@ -260,6 +263,7 @@ def cmd_reconstruct(args):
 
     sift = {"max_side": args.sift_max_side, "n_features": args.sift_features}
     config = ReconstructConfig(shortlist_k=0 if args.all_pairs else args.shortlist_k,
+                               shortlist_index=args.shortlist_index,
                                all_pairs_up_to=args.all_pairs_up_to, min_inliers=args.min_inliers,
                                min_cluster_size=args.min_cluster_size, model=args.model,
                                image_size=args.image_size, sift=sift, processes=args.processes,

@@ -821,7 +821,7 @@ def embed_sharded(paths, model_path=None, image_size=224, cache_dir=None, batch_
         raise WeightsNotFoundError(f"{model_path}: model file does not exist")
     folder = os.path.abspath(cache_dir or default_embedding_cache_dir())
     os.makedirs(folder, exist_ok=True)
-    paths = [os.fspath(p) for p in paths]
+    paths = [os.path.abspath(p) for p in paths]  # workers may run elsewhere
     model_path = os.path.abspath(model_path) if model_path else None
     tasks = [(paths[i:i + shard_size], model_path, image_size, batch_size, engine, folder)
              for i in range(0, len(paths), shard_size)]

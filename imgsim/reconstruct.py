@@ -7,8 +7,10 @@ the last finished stage:
 1. **embed** — global descriptors (:func:`imgsim.model.embed`; the ImageNet
    GAP baseline unless a trained model is given) → ``embeddings.npy``.
 2. **pairs** — every image with its ``shortlist_k`` nearest neighbours
-   (:func:`imgsim.sift.shortlist_pairs`, FAISS), or all pairs when the dataset
-   has at most ``all_pairs_up_to`` images or ``shortlist_k`` is 0 → ``pairs.json``.
+   (:func:`imgsim.sift.shortlist_pairs`, FAISS: exact search, or an
+   approximate index for large datasets, ``shortlist_index``), or all pairs
+   when the dataset has at most ``all_pairs_up_to`` images or ``shortlist_k``
+   is 0 → ``pairs.json``.
 3. **match** — SIFT features (cached by content under ``work_dir/features``),
    ratio-test matches and MAGSAC verification in a process pool
    (:func:`imgsim.sift.score_pairs`) → ``matches.npz`` (verified matches only).
@@ -18,6 +20,11 @@ the last finished stage:
 5. **sfm** — per component, a COLMAP database holding imgsim's keypoints and
    verified matches (no COLMAP feature extraction or matching), then
    incremental mapping with :mod:`pycolmap` → ``sfm/<component>/poses.json``.
+
+The match stage keeps its pair chunks under ``work_dir/features/pairs``, so a
+run killed inside it resumes inside it. With ``workers`` or ``scheduler`` the
+embed and match stages run on Dask (:mod:`imgsim.distributed`; embeddings in
+content-keyed shards under ``work_dir/embeddings``); the other stages run here.
 
 Each reconstructed model with at least ``min_cluster_size`` images becomes one
 predicted scene; images registered in none are ``outliers`` with ``nan``
@@ -48,6 +55,7 @@ from imgsim.sift import FeatureCache, SiftConfig
 SUBMISSION_COLUMNS = ("image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector")
 OUTLIERS = "outliers"
 STAGES = ("embed", "pairs", "match", "cluster", "sfm")
+SHORTLIST_INDEXES = ("auto", "exact", "ivf", "hnsw", "ivfpq")
 
 
 @dataclass
@@ -58,6 +66,11 @@ class ReconstructConfig(DictConfig):
     ----------
     shortlist_k : int
         Neighbours per image by embedding distance; 0 matches all pairs.
+    shortlist_index : str
+        How the neighbours are found (:func:`imgsim.sift.shortlist_pairs`):
+        ``"auto"`` (exact up to ``imgsim.index.EXACT_UP_TO`` images, the
+        approximate :meth:`imgsim.index.Index.for_size` above), ``"exact"``,
+        or an index kind (``"ivf"``, ``"hnsw"``, ``"ivfpq"``).
     all_pairs_up_to : int
         Datasets with at most this many images match all pairs anyway.
     min_inliers : int
@@ -86,6 +99,7 @@ class ReconstructConfig(DictConfig):
     """
 
     shortlist_k: int = 10
+    shortlist_index: str = "auto"
     all_pairs_up_to: int = 20
     min_inliers: int = 30
     min_cluster_size: int = 3
@@ -104,6 +118,9 @@ class ReconstructConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.shortlist_index not in SHORTLIST_INDEXES:
+            raise ConfigError(f"shortlist_index must be one of {SHORTLIST_INDEXES}, "
+                              f"got {self.shortlist_index!r}")
         if self.camera_mode not in ("auto", "single", "per_image"):
             raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
                               f"got {self.camera_mode!r}")
@@ -212,7 +229,7 @@ def pairs_stage(embeddings, config):
     n = len(embeddings)
     if config.shortlist_k == 0 or n <= config.all_pairs_up_to or config.shortlist_k >= n - 1:
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
-    return shortlist_pairs(embeddings, config.shortlist_k)
+    return shortlist_pairs(embeddings, config.shortlist_k, config.shortlist_index)
 
 
 def match_stage(paths, pairs, config, cache):
@@ -417,7 +434,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     timings = read_json(timings_file) if os.path.exists(timings_file) else {}
     files_key = [(n, os.path.getsize(p)) for n, p in zip(names, paths)]
     k_embed = _key(files_key, config.model, config.image_size)
-    k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to)
+    k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to, config.shortlist_index)
     k_match = _key(k_pairs, config.sift)
     k_cluster = _key(k_match, config.min_inliers, config.min_cluster_size)
     k_sfm = _key(k_cluster, config.camera_mode, config.max_sfm_seconds)

@@ -725,7 +725,8 @@ def _cache_files_on_cluster(dask_client, paths, config, cache, progress):
 
     size = max(1, min(EXTRACT_SHARD, math.ceil(len(paths) / (4 * n_workers(dask_client)))))
     shards = [paths[i:i + size] for i in range(0, len(paths), size)]
-    done = run_tasks(dask_client, _extract_task, [(shard, config, cache.folder) for shard in shards],
+    folder = os.path.abspath(cache.folder)
+    done = run_tasks(dask_client, _extract_task, [(shard, config, folder) for shard in shards],
                      progress, desc="SIFT", unit="shard")
     files = [file for shard in done for file, _ in shard]
     fresh = sum(extracted for shard in done for _, extracted in shard)
@@ -830,6 +831,7 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
         if on_dask:
             dask_client = stack.enter_context(distributed.client(scheduler, workers))
             distributed.check_shared(dask_client, cache.folder)
+            paths = [os.path.abspath(p) for p in paths]  # workers may run elsewhere
             files = _cache_files_on_cluster(dask_client, paths, config, cache, progress)
         else:
             files = _cache_files_here(paths, config, cache)
@@ -837,7 +839,8 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
         todo = sorted(dict.fromkeys((number[a], number[b]) for a, b in pairs),
                       key=lambda ab: (names[ab[0]], names[ab[1]]))  # neighbours share image a
         chunks = _chunks(todo)
-        chunk_files = [_chunk_file(cache.folder, config, [(names[a], names[b]) for a, b in chunk])
+        chunk_files = [_chunk_file(os.path.abspath(cache.folder), config,
+                                   [(names[a], names[b]) for a, b in chunk])
                        for chunk in chunks]
         results = [_read_chunk(file, len(chunk)) for file, chunk in zip(chunk_files, chunks)]
         missing = [i for i, r in enumerate(results) if r is None]
@@ -892,27 +895,32 @@ def _cluster_task(chunk, files, paths, config, out_file):
             [(local[a], local[b]) for a, b in chunk], config, out_file)
 
 
-def shortlist_pairs(embeddings, k):
+def shortlist_pairs(embeddings, k, index="auto"):
     """Candidate pairs: each image with its ``k`` nearest neighbours by embedding.
 
     Parameters
     ----------
     embeddings : array-like of shape (n, dim)
     k : int
-        Neighbours per image (Euclidean, :func:`imgsim.index.knn`), ``1 <= k <= n - 1``.
+        Neighbours per image (Euclidean), ``1 <= k <= n - 1``.
+    index : {"auto", "exact", "flat", "ivf", "hnsw", "ivfpq"}
+        How neighbours are found (:func:`imgsim.index.self_knn`): ``"auto"``
+        searches exactly up to ``imgsim.index.EXACT_UP_TO`` images and with
+        :meth:`imgsim.index.Index.for_size`'s approximate index above.
 
     Returns
     -------
     list of (int, int)
         ``(i, j)`` row indices with ``i < j``, sorted, each pair once: (i, j)
         is kept when j is among i's neighbours or i among j's. Between
-        ``n·k/2`` and ``n·k`` pairs.
+        ``n·k/2`` and ``n·k`` pairs (fewer if an approximate index returns
+        fewer than ``k`` neighbours for some image).
     """
-    from imgsim.index import knn
+    from imgsim.index import self_knn
 
-    _, neighbours = knn(embeddings, k=k)
+    neighbours = self_knn(embeddings, k, index)
     rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
     cols = neighbours.ravel()
-    keep = rows != cols
+    keep = (rows != cols) & (cols >= 0)
     lo, hi = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]
     return [(int(i), int(j)) for i, j in sorted(set(zip(lo.tolist(), hi.tolist())))]

@@ -1,0 +1,289 @@
+"""The cost curve of ``imgsim reconstruct``: time and peak memory of each stage against N images.
+
+Data: one dataset of N real photos — the shared photos (``../shared/data``,
+424) and, beyond them, augmented copies of them written as JPEG files
+(``make-data``: the :mod:`imgsim.augment` layers, ``AugmentConfig()``
+defaults, applied to each photo shrunk to a long side of at most 1024 px —
+SIFT's ``max_side`` — and saved at quality 90). Sets are nested: the first N
+files of one fixed order (photos shuffled, then copies round-robin over the
+photos), hard-linked into ``<root>/n<N>/all/``.
+
+``run`` reconstructs each N into a fresh work dir (nothing cached) with the
+shortlist (``shortlist_k`` 10) and records, per stage, the wall time
+(``reconstruct``'s own ``timings``) and the peak resident memory of this
+process plus all its children (pool or Dask workers), sampled every 0.1 s.
+``compare`` runs the embed and match stages on the same images with the
+process pool and with a 2-worker Dask ``LocalCluster``, interleaved, and
+checks that both give the same embeddings and inliers. ``fit`` fits
+``time = a · N^b`` per stage (least squares in log-log) and projects it.
+
+Usage (each step resumable; wrap timing runs in ``flock /tmp/imgsim-timing.lock``)::
+
+    python -m benchmarks.bench_reconstruct make-data --data ../shared/data --root /tmp/scale/curve --n 3000
+    python -m benchmarks.bench_reconstruct run --root /tmp/scale/curve --sizes 100 300 1000
+    python -m benchmarks.bench_reconstruct compare --root /tmp/scale/curve --n 300 --repeats 3
+    python -m benchmarks.bench_reconstruct fit --root /tmp/scale/curve
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from imgsim.fileio import atomic_write_json, read_json  # noqa: E402
+
+STAGES = ("embed", "pairs", "match", "cluster", "sfm")
+COPY_SIDE = 1024
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(data, root, n, seed=0):
+    """Write augmented copies up to ``n`` images in all under ``root/pool`` (resumable)."""
+    import keras
+    from PIL import Image
+
+    from imgsim.augment import AugmentConfig, build_augmentation
+    from imgsim.data import load_table
+    from imgsim.images import load_image
+
+    table = load_table(data, min_images_per_scene=1)
+    photos = list(np.random.default_rng(seed).permutation(table["path"].to_numpy()))
+    pool = os.path.join(root, "pool")
+    os.makedirs(pool, exist_ok=True)
+    order = []
+    for i, path in enumerate(photos):
+        name = f"{i:06d}_{os.path.basename(path)}"
+        if not os.path.exists(os.path.join(pool, name)):
+            shutil.copyfile(path, os.path.join(pool, name))
+        order.append(name)
+    for c in range(len(photos), n):
+        source = photos[c % len(photos)]
+        name = f"{c:06d}_copy.jpg"
+        order.append(name)
+        if os.path.exists(os.path.join(pool, name)):
+            continue
+        image = load_image(source)
+        scale = min(1.0, COPY_SIDE / max(image.shape[:2]))
+        if scale < 1:
+            image = np.asarray(Image.fromarray(image).resize(
+                (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.BILINEAR))
+        keras.utils.set_random_seed(seed * 1_000_003 + c)
+        augment = build_augmentation(AugmentConfig())
+        out = np.asarray(augment(image[None].astype(np.float32), training=True))[0]
+        tmp = os.path.join(pool, f".tmp-{name}")
+        Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8)).save(tmp, quality=90)
+        os.replace(tmp, os.path.join(pool, name))
+        if (c + 1) % 250 == 0:
+            print(f"{c + 1}/{n} images", flush=True)
+    atomic_write_json(os.path.join(root, "order.json"), order)
+    return order
+
+
+def dataset(root, n):
+    """``root/n<N>``: a folder layout with one dataset ``all`` of the first ``n`` images (hard links)."""
+    order = read_json(os.path.join(root, "order.json"))
+    if n > len(order):
+        raise SystemExit(f"{root}: only {len(order)} images made; run make-data --n {n}")
+    folder = os.path.join(root, f"n{n}", "all")
+    os.makedirs(folder, exist_ok=True)
+    for name in order[:n]:
+        link = os.path.join(folder, name)
+        if not os.path.exists(link):
+            os.link(os.path.join(root, "pool", name), link)
+    return os.path.dirname(folder)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class PeakMemory:
+    """Peak RSS (MB) of this process and its children, per named phase, sampled in a thread."""
+
+    def __init__(self, interval=0.1):
+        import psutil
+
+        self._me, self.interval, self.phase, self.peaks = psutil.Process(), interval, None, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self):
+        total = 0
+        for proc in [self._me] + self._me.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+            except Exception:  # a child that just ended
+                pass
+        return total / 2**20
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.phase is not None:
+                self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), self._rss())
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def _watch_stages(monitor):
+    """Wrap reconstruct's stage functions so that ``monitor.phase`` names the running stage."""
+    import imgsim.reconstruct as rec
+
+    originals = {}
+    for stage in STAGES:
+        name = f"{stage}_stage"
+        original = originals[name] = getattr(rec, name)
+
+        def wrapped(*args, _stage=stage, _original=original, **kwargs):
+            monitor.phase = _stage
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                monitor.phase = None
+
+        setattr(rec, name, wrapped)
+    return lambda: [setattr(rec, name, f) for name, f in originals.items()]
+
+
+def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
+    """Reconstruct each N afresh; returns {N: {stage: {"s": ..., "peak_mb": ...}, ...}}."""
+    from imgsim.reconstruct import ReconstructConfig, reconstruct
+
+    results_file = os.path.join(root, "curve.json")
+    results = read_json(results_file) if os.path.exists(results_file) else {}
+    for n in sizes:
+        folder = dataset(root, n)
+        work = os.path.join(root, "work", f"n{n}-{'dask' if workers else 'pool'}")
+        shutil.rmtree(work, ignore_errors=True)
+        config = ReconstructConfig(processes=processes, workers=workers, max_sfm_seconds=max_sfm_seconds)
+        monitor = PeakMemory()
+        restore = _watch_stages(monitor)
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        try:
+            out = reconstruct(folder, os.path.join(work, "submission.csv"), work_dir=work, config=config)
+        finally:
+            restore()
+            monitor.stop()
+        row = {stage: {"s": out["timings"]["all"].get(stage), "peak_mb": monitor.peaks.get(stage)}
+               for stage in STAGES}
+        row.update(wall_s=time.perf_counter() - start, load_before=load, load_after=os.getloadavg()[0],
+                   info=out["info"]["all"], executor="dask" if workers else "pool")
+        results[str(n)] = row
+        atomic_write_json(results_file, results)
+        print(f"N={n}: " + ", ".join(f"{s} {row[s]['s']:.1f} s / {row[s]['peak_mb']:.0f} MB"
+                                     for s in STAGES if row[s]["s"] is not None)
+              + f"; pairs {row['info']['pairs']}, registered {row['info']['registered']}, "
+              f"load {load:.1f} → {row['load_after']:.1f}", flush=True)
+    return results
+
+
+def compare(root, n, repeats=3, workers=2):
+    """Embed + match of N images on the process pool vs a Dask LocalCluster, interleaved."""
+    from imgsim import distributed
+    from imgsim.reconstruct import ReconstructConfig, embed_stage, embedding_model, match_stage, pairs_stage
+    from imgsim.sift import FeatureCache
+
+    folder = os.path.join(dataset(root, n), "all")
+    paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+    pool_config = ReconstructConfig(processes=workers)
+    dask_config = ReconstructConfig(processes=workers, workers=workers)
+    model = embedding_model(pool_config)
+    rows, reference = [], None
+    with distributed.client(workers=workers):  # started once, outside the timings
+        for r in range(repeats):
+            for name, config in (("pool", pool_config), ("dask", dask_config)):
+                work = os.path.join(root, "work", f"compare-{name}")
+                shutil.rmtree(work, ignore_errors=True)
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                emb = embed_stage(paths, model if name == "pool" else None, config,
+                                  os.path.join(work, "embeddings"))
+                t1 = time.perf_counter()
+                pairs = pairs_stage(emb, config)
+                t2 = time.perf_counter()
+                matches = match_stage(paths, pairs, config, FeatureCache(os.path.join(work, "features")))
+                t3 = time.perf_counter()
+                rows.append({"repeat": r, "executor": name, "embed_s": t1 - t0, "match_s": t3 - t2,
+                             "pairs": len(pairs), "load": load})
+                print(rows[-1], flush=True)
+                if reference is None:
+                    reference = (emb, pairs, matches)
+                else:
+                    same = (np.abs(emb - reference[0]).max() <= 1e-6 and pairs == reference[1]
+                            and all(np.array_equal(a, b) for a, b in zip(matches, reference[2])))
+                    rows[-1]["identical"] = bool(same)
+    summary = {}
+    for stage in ("embed_s", "match_s"):
+        pool = np.median([r[stage] for r in rows if r["executor"] == "pool"])
+        dask = np.median([r[stage] for r in rows if r["executor"] == "dask"])
+        summary[stage] = {"pool": pool, "dask": dask, "dask_over_pool": dask / pool}
+    result = {"n": n, "workers": workers, "rows": rows, "summary": summary,
+              "identical": all(r.get("identical", True) for r in rows)}
+    atomic_write_json(os.path.join(root, f"compare-n{n}.json"), result)
+    print(json.dumps(summary, indent=1), "identical:", result["identical"])
+    return result
+
+
+def fit(root, project=(100_000, 1_000_000), workers=(1, 100)):
+    """Growth exponent per stage (log-log least squares) and projected times."""
+    results = read_json(os.path.join(root, "curve.json"))
+    sizes = sorted(int(n) for n in results)
+    out = {}
+    for stage in STAGES:
+        points = [(n, results[str(n)][stage]["s"]) for n in sizes if results[str(n)][stage]["s"]]
+        if len(points) < 2:
+            continue
+        x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+        b, log_a = np.polyfit(x, y, 1)
+        out[stage] = {"exponent": float(b), "a": float(np.exp(log_a)), "points": points,
+                      "projected_s": {str(n): float(np.exp(log_a) * n ** b) for n in project}}
+        print(f"{stage:8s} exponent {b:.2f}  " + "  ".join(
+            f"N={n:,}: {np.exp(log_a) * n ** b / 3600:.1f} h" for n in project))
+    atomic_write_json(os.path.join(root, "fit.json"), out)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("make-data", help="write augmented copies (resumable)")
+    p.add_argument("--data", required=True, help="the photos (e.g. ../shared/data)")
+    p.add_argument("--root", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="images in all")
+    p = sub.add_parser("run", help="reconstruct each size afresh, timing every stage")
+    p.add_argument("--root", required=True)
+    p.add_argument("--sizes", type=int, nargs="+", required=True)
+    p.add_argument("--workers", type=int, default=None, help="Dask LocalCluster workers (default: process pool)")
+    p.add_argument("--processes", type=int, default=2, help="pool processes and COLMAP threads")
+    p.add_argument("--max-sfm-seconds", type=float, default=0, help="per-component SfM limit (0: none)")
+    p = sub.add_parser("compare", help="embed + match: process pool vs Dask LocalCluster")
+    p.add_argument("--root", required=True)
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=3)
+    p = sub.add_parser("fit", help="growth exponents and projections")
+    p.add_argument("--root", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "make-data":
+        make_data(args.data, args.root, args.n)
+    elif args.command == "run":
+        run_sizes(args.root, args.sizes, args.workers, args.processes, args.max_sfm_seconds)
+    elif args.command == "compare":
+        compare(args.root, args.n, args.repeats)
+    else:
+        fit(args.root)
+
+
+if __name__ == "__main__":
+    main()
