@@ -76,9 +76,33 @@ def _start(scheduler, workers):
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
            "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    # no dashboard; the scheduler's health endpoint on a free port (not 8787, which others may hold)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, env=env)
-    return Client(cluster), cluster
+                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                           env=env)
+    local = Client(cluster)
+    local.register_plugin(_exit_at_once_plugin()(), name="imgsim-exit-at-once")
+    return local, cluster
+
+
+def _exit_at_once_plugin():
+    """A WorkerPlugin class, defined here so that importing this module does not import Dask."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class ExitAtOnce(WorkerPlugin):
+        """End a local worker process with ``os._exit`` once it has closed.
+
+        A worker that imported TensorFlow otherwise spends seconds in the
+        interpreter's teardown (TensorFlow's static destructors) and is
+        killed by its nanny after 4 s with a warning.
+        """
+
+        def setup(self, worker):
+            import atexit
+
+            atexit.register(os._exit, 0)
+
+    return ExitAtOnce
 
 
 @contextlib.contextmanager
