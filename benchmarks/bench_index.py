@@ -14,8 +14,9 @@ database). Reported per method and setting:
   sample too), once;
 * search time for all queries, median of ``repeats``, and the speed-up =
   exact search time / this search time (query throughput ratio);
-* memory: the growth of this process's resident set while the index was
-  built (the index's own copy of the vectors, codes, lists and graph);
+* memory: what the index holds, counted from its arrays (float vectors or
+  PQ codes, ids, inverted lists, HNSW graph, IVF-PQ's precomputed tables, the
+  re-ranking copy of IVF-PQ + refine), and the run's peak RSS at the end;
 * recall@10 against the exact top-10 (FAISS flat), and same-scene recall@10:
   the fraction of the 10 returned vectors from the query's scene (the exact
   search's own figure is in its row).
@@ -75,10 +76,27 @@ def random_data(n, dim=128, n_queries=1000, seed=0):
     return database, np.arange(n), queries, np.full(n_queries, -1), None
 
 
-def _rss_mb():
-    import psutil
+def index_bytes(raw):
+    """Bytes a FAISS index holds: vectors or codes, ids, inverted lists, graph, tables.
 
-    return psutil.Process().memory_info().rss / 2**20
+    Counted from the index's own arrays (resident-set growth is unreliable
+    once an earlier index's memory has been freed and is reused).
+    """
+    import faiss
+
+    raw = faiss.downcast_index(raw)
+    if isinstance(raw, faiss.IndexRefine):
+        return index_bytes(raw.base_index) + index_bytes(raw.refine_index)
+    if isinstance(raw, faiss.IndexHNSW):
+        graph = raw.hnsw
+        return (index_bytes(raw.storage) + 4 * graph.neighbors.size() + 4 * graph.levels.size()
+                + 8 * graph.offsets.size())
+    if isinstance(raw, faiss.IndexIVF):
+        lists = raw.invlists
+        entries = sum(lists.list_size(i) for i in range(raw.nlist))
+        extra = 4 * raw.precomputed_table.size() if isinstance(raw, faiss.IndexIVFPQ) else 0
+        return entries * (lists.code_size + 8) + index_bytes(raw.quantizer) + extra
+    return int(raw.codes.size())  # flat: n · dim · 4
 
 
 def median_time(repeats, fn):
@@ -133,9 +151,8 @@ def run(database, photo, queries, query_photo, scenes, sizes, names=("ivf", "hns
         data = database[:n]
         scene_of = None if scene_ids is None else scene_ids[photo[:n]]
         query_scene = None if scene_ids is None else scene_ids[query_photo]
-        before = _rss_mb()
         index, build_s = build({"kind": "flat"}, data, dim)
-        memory = _rss_mb() - before
+        memory = index_bytes(index._faiss) / 2**20
         exact_s, (_, truth) = median_time(repeats, lambda: index.search(queries, k))
         rows.append({"n": n, "method": "flat (exact)", "setting": "", "build_s": build_s,
                      "search_s": exact_s, "speedup": 1.0, "memory_mb": memory, "recall": 1.0,
@@ -146,9 +163,8 @@ def run(database, photo, queries, query_photo, scenes, sizes, names=("ivf", "hns
         gc.collect()
         for name in names:
             settings, sweep = methods(n)[name]
-            before = _rss_mb()
             index, build_s = build(settings, data, dim)
-            memory = _rss_mb() - before
+            memory = index_bytes(index._faiss) / 2**20
             for values in sweep:
                 for knob, value in values.items():
                     setattr(index, knob, value)
@@ -205,6 +221,8 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--methods", nargs="+", default=["ivf", "hnsw", "ivfpq"],
                         choices=["ivf", "hnsw", "ivfpq"])
+    parser.add_argument("--windows-per-view", type=int, default=14,
+                        help="with --vectors: vectors taken from each view (1: whole-image embeddings only)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="search timings: median of this many")
     parser.add_argument("--json", default=None, help="also write the rows here")
@@ -214,9 +232,10 @@ def main(argv=None):
     if args.vectors:
         from benchmarks.ann_data import load
 
-        data = load(args.vectors, max(args.sizes), n_queries=args.queries, dtype=np.float16)
+        data = load(args.vectors, max(args.sizes), args.windows_per_view, n_queries=args.queries,
+                    dtype=np.float16)
         data = data[:2] + (data[2].astype(np.float32),) + data[3:]
-        what = f"real GAP embeddings from {args.vectors}"
+        what = f"real GAP embeddings from {args.vectors}, {args.windows_per_view} per view"
     else:
         data = random_data(max(args.sizes), n_queries=args.queries)
         what = "random unit vectors"

@@ -11,7 +11,9 @@ photos), hard-linked into ``<root>/n<N>/all/``.
 ``run`` reconstructs each N into a fresh work dir (nothing cached) with the
 shortlist (``shortlist_k`` 10) and records, per stage, the wall time
 (``reconstruct``'s own ``timings``) and the peak resident memory of this
-process plus all its children (pool or Dask workers), sampled every 0.1 s.
+process plus all its children (pool or Dask workers), sampled every 0.1 s. A
+run may be killed (a time limit, to keep each locked timing run short) and
+started again: it resumes in the same work dir and the stage times add up.
 ``compare`` runs the embed and match stages on the same images with the
 process pool and with a 2-worker Dask ``LocalCluster``, interleaved, and
 checks that both give the same embeddings and inliers. ``fit`` fits
@@ -105,13 +107,21 @@ def dataset(root, n):
 # --------------------------------------------------------------------------- measuring
 
 
-class PeakMemory:
-    """Peak RSS (MB) of this process and its children, per named phase, sampled in a thread."""
+class StageMonitor:
+    """Wall time and peak RSS (MB, this process + its children) per named phase, in a thread.
 
-    def __init__(self, interval=0.1):
+    Saved to ``file`` every ``save_every`` seconds and read back at start, so a
+    run killed by a time limit and started again adds up its stages' times.
+    """
+
+    def __init__(self, file, interval=0.1, save_every=2.0):
         import psutil
 
-        self._me, self.interval, self.phase, self.peaks = psutil.Process(), interval, None, {}
+        self._me, self.file, self.interval, self.save_every = psutil.Process(), file, interval, save_every
+        state = read_json(file) if os.path.exists(file) else {}
+        self.seconds, self.peaks = state.get("seconds", {}), state.get("peaks", {})
+        self.sessions = state.get("sessions", []) + [{"load_before": os.getloadavg()[0]}]
+        self.phase = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -126,10 +136,22 @@ class PeakMemory:
         return total / 2**20
 
     def _run(self):
+        last = saved = time.perf_counter()
         while not self._stop.is_set():
-            if self.phase is not None:
-                self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), self._rss())
             time.sleep(self.interval)
+            now, phase = time.perf_counter(), self.phase
+            if phase is not None:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + now - last
+                self.peaks[phase] = max(self.peaks.get(phase, 0.0), self._rss())
+            last = now
+            if now - saved >= self.save_every:
+                self.save()
+                saved = now
+
+    def save(self, **extra):
+        self.sessions[-1]["load_now"] = os.getloadavg()[0]
+        atomic_write_json(self.file, {"seconds": self.seconds, "peaks": self.peaks,
+                                      "sessions": self.sessions, **extra})
 
     def stop(self):
         self._stop.set()
@@ -137,55 +159,71 @@ class PeakMemory:
 
 
 def _watch_stages(monitor):
-    """Wrap reconstruct's stage functions so that ``monitor.phase`` names the running stage."""
+    """Wrap reconstruct's stage functions so that ``monitor.phase`` names the running stage.
+
+    The embedding model's construction counts as embed, and the feature reads
+    of the SfM stage (``extract_many`` outside any other stage) as sfm.
+    """
     import imgsim.reconstruct as rec
+    import imgsim.sift as sift
 
-    originals = {}
-    for stage in STAGES:
-        name = f"{stage}_stage"
-        original = originals[name] = getattr(rec, name)
+    wrapped = [(rec, f"{stage}_stage", stage) for stage in STAGES]
+    wrapped += [(rec, "embedding_model", "embed"), (sift, "extract_many", "sfm")]
+    originals = []
+    for module, name, stage in wrapped:
+        original = getattr(module, name)
+        originals.append((module, name, original))
 
-        def wrapped(*args, _stage=stage, _original=original, **kwargs):
-            monitor.phase = _stage
+        def phase(*args, _stage=stage, _original=original, **kwargs):
+            outer = monitor.phase
+            monitor.phase = outer or _stage  # a call inside another stage belongs to it
             try:
                 return _original(*args, **kwargs)
             finally:
-                monitor.phase = None
+                monitor.phase = outer
 
-        setattr(rec, name, wrapped)
-    return lambda: [setattr(rec, name, f) for name, f in originals.items()]
+        setattr(module, name, phase)
+    return lambda: [setattr(module, name, f) for module, name, f in originals]
 
 
 def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
-    """Reconstruct each N afresh; returns {N: {stage: {"s": ..., "peak_mb": ...}, ...}}."""
+    """Reconstruct each N; returns {N: {stage: {"s": ..., "peak_mb": ...}, ...}}.
+
+    Each N starts from an empty work dir, unless an unfinished run of it left
+    one (killed by a time limit): that one is resumed and its stage times add
+    up (``progress.json``); the stage in flight loses at most its last chunk.
+    """
     from imgsim.reconstruct import ReconstructConfig, reconstruct
 
     results_file = os.path.join(root, "curve.json")
-    results = read_json(results_file) if os.path.exists(results_file) else {}
     for n in sizes:
         folder = dataset(root, n)
         work = os.path.join(root, "work", f"n{n}-{'dask' if workers else 'pool'}")
-        shutil.rmtree(work, ignore_errors=True)
+        progress = os.path.join(work, "progress.json")
+        if not os.path.exists(progress) or read_json(progress).get("done"):
+            shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work, exist_ok=True)
         config = ReconstructConfig(processes=processes, workers=workers, max_sfm_seconds=max_sfm_seconds)
-        monitor = PeakMemory()
+        monitor = StageMonitor(progress)
         restore = _watch_stages(monitor)
-        load = os.getloadavg()[0]
-        start = time.perf_counter()
         try:
             out = reconstruct(folder, os.path.join(work, "submission.csv"), work_dir=work, config=config)
         finally:
             restore()
             monitor.stop()
-        row = {stage: {"s": out["timings"]["all"].get(stage), "peak_mb": monitor.peaks.get(stage)}
+        monitor.save(done=True)
+        row = {stage: {"s": monitor.seconds.get(stage), "peak_mb": monitor.peaks.get(stage)}
                for stage in STAGES}
-        row.update(wall_s=time.perf_counter() - start, load_before=load, load_after=os.getloadavg()[0],
-                   info=out["info"]["all"], executor="dask" if workers else "pool")
+        row.update(sessions=monitor.sessions, info=out["info"]["all"],
+                   executor="dask" if workers else "pool")
+        results = read_json(results_file) if os.path.exists(results_file) else {}
         results[str(n)] = row
         atomic_write_json(results_file, results)
         print(f"N={n}: " + ", ".join(f"{s} {row[s]['s']:.1f} s / {row[s]['peak_mb']:.0f} MB"
                                      for s in STAGES if row[s]["s"] is not None)
               + f"; pairs {row['info']['pairs']}, registered {row['info']['registered']}, "
-              f"load {load:.1f} → {row['load_after']:.1f}", flush=True)
+              f"sessions {len(monitor.sessions)}, load {[round(x['load_before'], 1) for x in monitor.sessions]}",
+              flush=True)
     return results
 
 

@@ -74,6 +74,8 @@ def test_bad_reconstruct_config():
         ReconstructConfig(sift={"max_side": 8})
     with pytest.raises(ConfigError, match="camera_mode"):
         ReconstructConfig(camera_mode="rig")
+    with pytest.raises(ConfigError, match="shortlist_index must be one of .*got 'annoy'"):
+        ReconstructConfig(shortlist_index="annoy")
 
 
 # --------------------------------------------------------------------------- end to end

@@ -469,6 +469,16 @@ def test_shortlist_pairs_against_brute_force(n, dim, k):
         shortlist_pairs(x, n)
 
 
+@pytest.mark.parametrize("index", ["hnsw", "ivf"])
+def test_shortlist_pairs_with_an_approximate_index(index):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(40, 16))[rng.integers(0, 40, 3000)] + 0.5 * rng.normal(size=(3000, 16)))
+    exact = set(shortlist_pairs(x.astype(np.float32), 5))
+    approximate = shortlist_pairs(x.astype(np.float32), 5, index)
+    assert all(i < j for i, j in approximate) and len(set(approximate)) == len(approximate)
+    assert len(exact & set(approximate)) >= 0.9 * len(exact)
+
+
 @pytest.mark.parametrize("matcher", ["bf", "flann"])
 def test_mutual_check_equals_a_full_reverse_search(photos, matcher):
     """match() looks up the reverse nearest neighbour only of matched b's: same result as all of them."""
