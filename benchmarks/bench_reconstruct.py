@@ -23,7 +23,7 @@ Usage (each step resumable; wrap timing runs in ``flock /tmp/imgsim-timing.lock`
 
     python -m benchmarks.bench_reconstruct make-data --data ../shared/data --root /tmp/scale/curve --n 3000
     python -m benchmarks.bench_reconstruct run --root /tmp/scale/curve --sizes 100 300 1000
-    python -m benchmarks.bench_reconstruct compare --root /tmp/scale/curve --n 300 --repeats 3
+    python -m benchmarks.bench_reconstruct compare --root /tmp/scale/curve --n 150 --repeats 3
     python -m benchmarks.bench_reconstruct fit --root /tmp/scale/curve
 """
 
@@ -121,7 +121,7 @@ class StageMonitor:
         state = read_json(file) if os.path.exists(file) else {}
         self.seconds, self.peaks = state.get("seconds", {}), state.get("peaks", {})
         self.sessions = state.get("sessions", []) + [{"load_before": os.getloadavg()[0]}]
-        self.phase = None
+        self.phase, self._started = None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -135,22 +135,36 @@ class StageMonitor:
                 pass
         return total / 2**20
 
+    def begin(self, phase):
+        self.phase, self._started = phase, time.perf_counter()
+        self._sample()
+
+    def end(self):
+        self._sample()
+        self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + time.perf_counter() - self._started
+        self.phase = None
+
+    def _sample(self):
+        if self.phase is not None:
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), self._rss())
+
     def _run(self):
-        last = saved = time.perf_counter()
+        saved = time.perf_counter()
         while not self._stop.is_set():
             time.sleep(self.interval)
-            now, phase = time.perf_counter(), self.phase
-            if phase is not None:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + now - last
-                self.peaks[phase] = max(self.peaks.get(phase, 0.0), self._rss())
-            last = now
-            if now - saved >= self.save_every:
+            self._sample()
+            if time.perf_counter() - saved >= self.save_every:
                 self.save()
-                saved = now
+                saved = time.perf_counter()
 
     def save(self, **extra):
+        """Write the state; the phase in flight counts up to now (a kill then loses < save_every)."""
+        seconds = dict(self.seconds)
+        phase = self.phase
+        if phase is not None:
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - self._started
         self.sessions[-1]["load_now"] = os.getloadavg()[0]
-        atomic_write_json(self.file, {"seconds": self.seconds, "peaks": self.peaks,
+        atomic_write_json(self.file, {"seconds": seconds, "peaks": self.peaks,
                                       "sessions": self.sessions, **extra})
 
     def stop(self):
@@ -175,12 +189,13 @@ def _watch_stages(monitor):
         originals.append((module, name, original))
 
         def phase(*args, _stage=stage, _original=original, **kwargs):
-            outer = monitor.phase
-            monitor.phase = outer or _stage  # a call inside another stage belongs to it
+            if monitor.phase is not None:  # a call inside another stage belongs to it
+                return _original(*args, **kwargs)
+            monitor.begin(_stage)
             try:
                 return _original(*args, **kwargs)
             finally:
-                monitor.phase = outer
+                monitor.end()
 
         setattr(module, name, phase)
     return lambda: [setattr(module, name, f) for module, name, f in originals]
@@ -239,7 +254,13 @@ def compare(root, n, repeats=3, workers=2):
     dask_config = ReconstructConfig(processes=workers, workers=workers)
     model = embedding_model(pool_config)
     rows, reference = [], None
-    with distributed.client(workers=workers):  # started once, outside the timings
+    with distributed.client(workers=workers) as dask_client:  # started once, outside the timings
+        # warm up as the pool path is warm (its model is built above): each worker builds its model
+        from imgsim.model import embed_sharded
+
+        embed_sharded(paths[:2 * workers], cache_dir=os.path.join(root, "work", "warm-up"), shard_size=1,
+                      scheduler=dask_client)
+        shutil.rmtree(os.path.join(root, "work", "warm-up"))
         for r in range(repeats):
             for name, config in (("pool", pool_config), ("dask", dask_config)):
                 work = os.path.join(root, "work", f"compare-{name}")

@@ -103,6 +103,9 @@ class Index:
     ef_search : int, default=64
         ``"hnsw"`` only: search candidate-list size (settable; FAISS uses at
         least ``k``).
+    ef_construction : int, default=40
+        ``"hnsw"`` only: candidate-list size while building the graph (FAISS'
+        default 40); larger builds slower and a better graph.
     pq_m : int, optional
         ``"ivfpq"`` only: sub-quantizers (bytes per code), a divisor of
         ``dim``; default the largest of 64, 32, ..., 1 that divides it.
@@ -119,7 +122,7 @@ class Index:
     """
 
     def __init__(self, dim, kind="flat", nlist=None, nprobe=16, hnsw_m=32, ef_search=64, pq_m=None,
-                 refine=None):
+                 refine=None, ef_construction=40):
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(map(repr, KINDS))}")
         self.dim = _check_int(dim, "dim")
@@ -127,6 +130,7 @@ class Index:
         self._faiss = None
         self.nlist = None if nlist is None else _check_int(nlist, "nlist")
         self.hnsw_m = _check_int(hnsw_m, "hnsw_m", minimum=2)
+        self.ef_construction = _check_int(ef_construction, "ef_construction")
         if pq_m is None:
             pq_m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if self.dim % m == 0)
         self.pq_m = _check_int(pq_m, "pq_m")
@@ -139,6 +143,7 @@ class Index:
             self._faiss = faiss.IndexFlatL2(self.dim)
         elif kind == "hnsw":
             self._faiss = faiss.IndexHNSWFlat(self.dim, self.hnsw_m)
+            self._faiss.hnsw.efConstruction = self.ef_construction
             self._faiss.hnsw.efSearch = self._ef_search
         # "ivf", "ivfpq": built and trained by the first add
 
@@ -304,7 +309,8 @@ class Index:
         elif type(raw) is faiss.IndexIVFFlat:
             index = cls(raw.d, "ivf", nlist=raw.nlist, nprobe=raw.nprobe)
         elif type(raw) is faiss.IndexHNSWFlat:
-            index = cls(raw.d, "hnsw", hnsw_m=raw.hnsw.nb_neighbors(1), ef_search=raw.hnsw.efSearch)
+            index = cls(raw.d, "hnsw", hnsw_m=raw.hnsw.nb_neighbors(1), ef_search=raw.hnsw.efSearch,
+                        ef_construction=raw.hnsw.efConstruction)
         elif type(raw) is faiss.IndexIVFPQ or type(base) is faiss.IndexIVFPQ:
             ivf = base if base is not None else raw
             index = cls(raw.d, "ivfpq", nlist=ivf.nlist, nprobe=ivf.nprobe, pq_m=ivf.pq.M)
