@@ -312,11 +312,11 @@ def test_ivfpq_recall_and_exact_reranking(clustered, refine):
 
 def test_ivfpq_save_load_round_trip(tmp_path, clustered):
     references, queries, _ = clustered
-    index = Index(32, kind="ivfpq", nlist=16, nprobe=4, pq_m=16, refine=3)
+    index = Index(32, kind="ivfpq", nlist=16, nprobe=4, pq_m=4, refine=3)
     index.add(references[:3000])
     index.save(tmp_path / "pq.faiss")
     loaded = Index.load(tmp_path / "pq.faiss")
-    assert (loaded.kind, loaded.nlist, loaded.nprobe, loaded.pq_m, loaded.refine) == ("ivfpq", 16, 4, 16, 3)
+    assert (loaded.kind, loaded.nlist, loaded.nprobe, loaded.pq_m, loaded.refine) == ("ivfpq", 16, 4, 4, 3)
     for got, expected in zip(loaded.search(queries, 5), index.search(queries, 5)):
         np.testing.assert_array_equal(got, expected)
 
@@ -337,22 +337,23 @@ def test_ivf_trains_on_a_bounded_sample(monkeypatch, clustered):
     np.testing.assert_array_equal(index.search(queries, 10)[1], truth)  # every list probed: exact
 
 
-def test_for_size_is_exact_up_to_the_threshold_then_hnsw():
+def test_for_size_is_exact_up_to_the_threshold_then_ivfpq():
     from imgsim.index import EXACT_UP_TO
 
     assert Index.for_size(EXACT_UP_TO, 8).kind == "flat"
-    big = Index.for_size(EXACT_UP_TO + 1, 8)
-    assert (big.kind, big.hnsw_m, big.ef_search) == ("hnsw", 32, 64)
+    big = Index.for_size(1_000_000, 1280)
+    assert (big.kind, big.nlist, big.nprobe, big.refine, big.pq_m) == ("ivfpq", 1000, 4, 10, 64)
+    assert Index.for_size(EXACT_UP_TO + 1, 100).pq_m == 50  # the largest divisor of dim up to 64
 
 
 @pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
 def test_self_knn_against_brute_force(clustered, kind):
     from imgsim.index import self_knn
 
-    references = clustered[0][:2000]
+    references = clustered[0][:1000]
     truth = brute_force_knn(references, references, 10, exclude_self=True)[1]
     ids = self_knn(references, 10, kind)
-    assert ids.shape == (2000, 10) and not (ids == np.arange(2000)[:, None]).any()
+    assert ids.shape == (1000, 10) and not (ids == np.arange(1000)[:, None]).any()
     assert recall_at_k(ids, truth) >= (1.0 if kind == "exact" else 0.9)
     with pytest.raises(ValueError, match="index must be 'auto', 'exact' or one of"):
         self_knn(references, 10, "lsh")
