@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imgsim.fileio import atomic_write_json, read_json  # noqa: E402
 
 STAGES = ("embed", "pairs", "match", "cluster", "sfm")
+RESUMABLE = {"match"}  # stages that resume inside themselves (pair chunks); the others start over
 COPY_SIDE = 1024
 
 
@@ -111,7 +112,9 @@ class StageMonitor:
     """Wall time and peak RSS (MB, this process + its children) per named phase, in a thread.
 
     Saved to ``file`` every ``save_every`` seconds and read back at start, so a
-    run killed by a time limit and started again adds up its stages' times.
+    run killed by a time limit and started again adds up the time of a stage
+    that resumes inside itself (``RESUMABLE``); a stage that starts over
+    counts its last session only.
     """
 
     def __init__(self, file, interval=0.1, save_every=2.0):
@@ -121,7 +124,7 @@ class StageMonitor:
         state = read_json(file) if os.path.exists(file) else {}
         self.seconds, self.peaks = state.get("seconds", {}), state.get("peaks", {})
         self.sessions = state.get("sessions", []) + [{"load_before": os.getloadavg()[0]}]
-        self.phase, self._started = None, None
+        self.phase, self._started, self._begun = None, None, set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -136,6 +139,9 @@ class StageMonitor:
         return total / 2**20
 
     def begin(self, phase):
+        if phase not in RESUMABLE and phase not in self._begun:
+            self.seconds.pop(phase, None)  # it starts over: an earlier session's part was lost
+        self._begun.add(phase)
         self.phase, self._started = phase, time.perf_counter()
         self._sample()
 
