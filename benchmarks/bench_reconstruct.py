@@ -16,8 +16,9 @@ run may be killed (a time limit, to keep each locked timing run short) and
 started again: it resumes in the same work dir and the stage times add up.
 ``compare`` runs the embed and match stages on the same images with the
 process pool and with a 2-worker Dask ``LocalCluster``, interleaved, and
-checks that both give the same embeddings and inliers. ``fit`` fits
-``time = a · N^b`` per stage (least squares in log-log) and projects it.
+checks that both give the same embeddings and inliers. ``fit`` prints
+``time = a · N^b`` per stage (least squares in log-log); ``benchmarks.scale_report``
+writes the tables and the projection.
 
 Usage (each step resumable; wrap timing runs in ``flock /tmp/imgsim-timing.lock``)::
 
@@ -301,23 +302,14 @@ def compare(root, n, repeats=3, workers=2):
     return result
 
 
-def fit(root, project=(100_000, 1_000_000), workers=(1, 100)):
-    """Growth exponent per stage (log-log least squares) and projected times."""
-    results = read_json(os.path.join(root, "curve.json"))
-    sizes = sorted(int(n) for n in results)
-    out = {}
-    for stage in STAGES:
-        points = [(n, results[str(n)][stage]["s"]) for n in sizes if results[str(n)][stage]["s"]]
-        if len(points) < 2:
-            continue
-        x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
-        b, log_a = np.polyfit(x, y, 1)
-        out[stage] = {"exponent": float(b), "a": float(np.exp(log_a)), "points": points,
-                      "projected_s": {str(n): float(np.exp(log_a) * n ** b) for n in project}}
-        print(f"{stage:8s} exponent {b:.2f}  " + "  ".join(
-            f"N={n:,}: {np.exp(log_a) * n ** b / 3600:.1f} h" for n in project))
-    atomic_write_json(os.path.join(root, "fit.json"), out)
-    return out
+def fit(root, project=(100_000, 1_000_000)):
+    """Growth exponent per stage (log-log least squares, :func:`benchmarks.scale_report.fit_curve`), printed."""
+    from benchmarks.scale_report import fit_curve
+
+    fits = fit_curve(read_json(os.path.join(root, "curve.json")))
+    for stage, (b, a, _) in fits.items():
+        print(f"{stage:8s} exponent {b:.2f}  " + "  ".join(f"N={n:,}: {a * n ** b / 3600:.1f} h" for n in project))
+    return fits
 
 
 def main(argv=None):

@@ -45,6 +45,18 @@ def set_verbosity(level):
     os.environ["IMGSIM_VERBOSITY"] = str(level)
 
 
+def set_thread_waits():
+    """OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``) unless set.
+
+    Only the command does this: it owns its process, and nothing that reads
+    the variable (FAISS's and scikit-learn's OpenMP runtimes) has loaded yet.
+    Measured on 2 shared cores (load 15), spinning waits made FAISS's PQ
+    training 158 s instead of 19.5 s and a flat search 2.4 s instead of
+    0.09 s; sleeping waits cost next to nothing on an idle machine.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -338,6 +350,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before the parser: building train's arguments imports TensorFlow.
     set_verbosity(-1 if {"-q", "--quiet"} & set(argv) else 1 if {"-v", "--verbose"} & set(argv) else 0)
+    set_thread_waits()
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args) or 0

@@ -75,7 +75,9 @@ def _start(scheduler, workers):
                               f"({type(exc).__name__})") from None
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
-           "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+           "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           # processes of our own: OpenMP waits sleep (see cli.set_thread_waits) unless the user chose
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     # no dashboard; the scheduler's health endpoint on a free port (not 8787, which others may hold)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},

@@ -28,6 +28,12 @@ chosen from ``benchmarks/bench_index.py`` on real embeddings (see there).
 :class:`EmbeddingIndex` and :func:`knn` are exact searches built on a flat
 :class:`Index`. Distances are always returned as Euclidean distances, not the
 squared distances FAISS works with internally.
+
+FAISS's OpenMP threads spin while they wait unless ``OMP_WAIT_POLICY=PASSIVE``
+is set before FAISS loads; on cores that other work shares, spinning made
+FAISS up to 25x slower (see the README's "Performance on shared cores"). This
+module leaves the environment alone; the ``imgsim`` command and the Dask
+workers it starts set it.
 """
 
 import math
@@ -35,14 +41,8 @@ import numbers
 import os
 import tempfile
 
-# FAISS's OpenMP threads spin while they wait by default; on a machine whose cores other work
-# (or this process's TensorFlow threads) also wants, that made FAISS up to 25x slower here
-# (PQ training 158 s vs 19.5 s, a flat search 2.4 s vs 0.09 s, load average 15). Sleeping waits
-# cost next to nothing on an idle machine. Set OMP_WAIT_POLICY yourself to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import faiss  # noqa: E402  (after the OpenMP setting, which it reads when loaded)
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
 __all__ = ["EmbeddingIndex", "Index", "knn", "self_knn"]
 
@@ -164,7 +164,7 @@ class Index:
         Exact (``"flat"``) up to ``EXACT_UP_TO`` vectors; above, IVF-PQ with
         exact re-ranking: ``nlist = sqrt(n)``, ``nprobe`` 4, ``refine`` 10,
         ``pq_m`` the default. On real GAP embeddings (1280-d; the benchmark in
-        ``benchmarks/bench_index.py``) that gave recall@10 0.987 at 10^5 and
+        ``benchmarks/bench_index.py``, tables in ``reports/scale/README.md``) that gave recall@10 0.987 at 10^5 and
         0.971 at 10^6 vectors, at 17x and 51x the exact search's query
         throughput; built in 26 s and 130 s on 2 cores — the cheapest
         build + N queries of the kinds measured, which is what a one-shot

@@ -6,7 +6,6 @@ per pair); the resume tests count recomputed chunks by the chunk files'
 inodes and modification times.
 """
 
-import glob
 import os
 import signal
 import subprocess
