@@ -50,6 +50,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from imgsim.cli import set_thread_waits  # noqa: E402
+
+set_thread_waits()  # a script owns its process, as the imgsim command does (before FAISS loads)
 from imgsim.index import Index  # noqa: E402
 
 BLOCK = 50_000

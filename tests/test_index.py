@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -357,3 +359,20 @@ def test_self_knn_against_brute_force(clustered, kind):
     assert recall_at_k(ids, truth) >= (1.0 if kind == "exact" else 0.9)
     with pytest.raises(ValueError, match="index must be 'auto', 'exact' or one of"):
         self_knn(references, 10, "lsh")
+
+
+# --------------------------------------------------------------------------- OpenMP waits on shared cores
+
+
+def test_importing_the_index_leaves_the_environment_alone_and_the_command_sets_passive_waits():
+    import subprocess
+    import sys
+
+    code = ("import os, imgsim.index; print(os.environ.get('OMP_WAIT_POLICY'));"
+            "from imgsim.cli import set_thread_waits; set_thread_waits(); print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "ACTIVE"]  # a user's choice stands
