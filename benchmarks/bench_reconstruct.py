@@ -14,7 +14,8 @@ shortlist (``shortlist_k`` 10) and records, per stage, the wall time
 process plus all its children (pool or Dask workers), sampled every 0.1 s. A
 run may be killed (a time limit, to keep each locked timing run short) and
 started again: it resumes in the same work dir and the stage times add up.
-``compare`` runs the embed and match stages on the same images with the
+``unfinished`` records a size that was killed before its end (its last
+stage as a lower bound). ``compare`` runs the embed and match stages on the same images with the
 process pool and with a 2-worker Dask ``LocalCluster``, interleaved, and
 checks that both give the same embeddings and inliers. ``fit`` prints
 ``time = a · N^b`` per stage (least squares in log-log); ``benchmarks.scale_report``
@@ -29,6 +30,7 @@ Usage (each step resumable; wrap timing runs in ``flock /tmp/imgsim-timing.lock`
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -252,6 +254,32 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
     return results
 
 
+def record_unfinished(root, n, executor="pool"):
+    """Put an unfinished size (killed, not resumed to the end) into ``curve.json`` from its ``progress.json``.
+
+    The stages it finished keep their times; the stage that was running when
+    it was killed gets ``"s": None`` and ``"at_least_s"``, the time it had run
+    in its last session (a lower bound: that stage starts over after a kill).
+    """
+    progress = read_json(os.path.join(root, "work", f"n{n}-{executor}", "progress.json"))
+    finished = [stage for stage in STAGES if stage in progress["seconds"]]
+    running = finished[-1]  # stages run in order; the last one begun was in flight at the kill
+    row = {stage: {"s": None if stage == running else progress["seconds"].get(stage),
+                   "peak_mb": progress["peaks"].get(stage)} for stage in STAGES}
+    row[running]["at_least_s"] = progress["seconds"][running]
+    info = {"images": n}  # what the finished stages wrote
+    for stage, name, count in (("pairs", "pairs", len), ("cluster", "components", lambda c: sorted(map(len, c))[::-1])):
+        files = glob.glob(os.path.join(root, "work", f"n{n}-{executor}", "all", f"{stage}-*.json"))
+        if files:
+            info[name] = count(read_json(files[0]))
+    row.update(sessions=progress["sessions"], info=info, executor=executor, unfinished=running)
+    results_file = os.path.join(root, "curve.json")
+    results = read_json(results_file) if os.path.exists(results_file) else {}
+    results[str(n)] = row
+    atomic_write_json(results_file, results)
+    return row
+
+
 def compare(root, n, repeats=3, workers=2):
     """Embed + match of N images on the process pool vs a Dask LocalCluster, interleaved."""
     from imgsim import distributed
@@ -328,6 +356,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None, help="Dask LocalCluster workers (default: process pool)")
     p.add_argument("--processes", type=int, default=2, help="pool processes and COLMAP threads")
     p.add_argument("--max-sfm-seconds", type=float, default=0, help="per-component SfM limit (0: none)")
+    p = sub.add_parser("unfinished", help="record a size killed before its end (its last stage as a lower bound)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--n", type=int, required=True)
     p = sub.add_parser("compare", help="embed + match: process pool vs Dask LocalCluster")
     p.add_argument("--root", required=True)
     p.add_argument("--n", type=int, default=300)
@@ -339,6 +370,8 @@ def main(argv=None):
         make_data(args.data, args.root, args.n)
     elif args.command == "run":
         run_sizes(args.root, args.sizes, args.workers, args.processes, args.max_sfm_seconds)
+    elif args.command == "unfinished":
+        print(json.dumps(record_unfinished(args.root, args.n), indent=1))
     elif args.command == "compare":
         compare(args.root, args.n, args.repeats)
     else:
