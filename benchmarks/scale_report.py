@@ -5,7 +5,8 @@ Every table is generated here from the committed JSON files; nothing is typed by
 * ``ann-*.json`` — :mod:`benchmarks.bench_index` runs on real-distribution
   vectors (:mod:`benchmarks.ann_data`), one table per file (one run: its
   speed-ups are measured against the exact search of the same run), with the
-  load average and peak RSS read from the run's ``.log`` beside it;
+  load average and peak RSS read from the run's ``.log`` beside it, and
+  the run's ``.note.md`` (which code it ran) where there is one;
 * ``curve.json`` — :mod:`benchmarks.bench_reconstruct` ``run``: time and peak
   memory per reconstruct stage for each N; the growth exponent per stage is
   fitted here (``time = a · N^b``, least squares in log-log) and projected;
@@ -252,6 +253,9 @@ def main(argv=None):
     for path in sorted(glob.glob(os.path.join(folder, "ann-*.json"))):
         text, _ = ann_section(path)
         parts += [text, ""]
+        note = path[:-len(".json")] + ".note.md"  # what a run's JSON cannot say (the code it ran)
+        if os.path.exists(note):
+            parts += [open(note).read().rstrip(), ""]
     default = [(os.path.basename(p), r) for p in sorted(glob.glob(os.path.join(folder, "ann-*.json")))
                for r in _load(p)["rows"] if r["method"] == "ivfpq" and r["setting"].endswith(DEFAULT_SETTING)]
     curve_file = os.path.join(folder, "curve.json")

@@ -115,7 +115,7 @@ class Index:
         default, 40, builds 2.5x faster but on 10^6 real embeddings (many
         near-duplicates) its graph caps recall@10 at 0.82 whatever
         ``ef_search``; 200 reached 0.996 at ``ef_search`` 64
-        (``benchmarks/README.md``).
+        (``reports/scale/README.md``).
     pq_m : int, optional
         ``"ivfpq"`` only: sub-quantizers (bytes per code), a divisor of
         ``dim``; default the largest divisor of ``dim`` up to 64.
@@ -165,7 +165,7 @@ class Index:
         exact re-ranking: ``nlist = sqrt(n)``, ``nprobe`` 4, ``refine`` 10,
         ``pq_m`` the default. On real GAP embeddings (1280-d; the benchmark in
         ``benchmarks/bench_index.py``, tables in ``reports/scale/README.md``) that gave recall@10 0.987 at 10^5 and
-        0.971 at 10^6 vectors, at 17x and 51x the exact search's query
+        0.971 at 10^6 vectors, at 14-17x and 51x the exact search's query
         throughput; built in 26 s and 130 s on 2 cores — the cheapest
         build + N queries of the kinds measured, which is what a one-shot
         self-search (``reconstruct``'s shortlist) pays. A long-lived index
