@@ -29,7 +29,7 @@ browser:
 
 # The unit and integration tests, the browser test, then nbval over every notebook (small defaults).
 test: install browser
-	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra tests notebooks --nbval-lax
+	IMGSIM_SHARED=$(SHARED) $(PY) -m pytest -ra tests notebooks --nbval
 
 # Benchmarks: one table of ratios, results in benchmarks/results/ (OpenVINO is optional).
 bench: install

@@ -14,7 +14,7 @@ import socket
 
 import numpy as np
 
-from benchmarks import bench_embed, bench_index, bench_sift, bench_train
+from benchmarks import bench_cli, bench_embed, bench_index, bench_sift, bench_train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,7 +27,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data"))
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["embed", "sift", "index", "train", "memory"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "embed", "sift", "index", "train", "memory"])
     parser.add_argument("--ann-vectors", default=None,
                         help="real-distribution vectors from benchmarks.ann_data (default: random unit vectors)")
     args = parser.parse_args(argv)
@@ -36,6 +36,12 @@ def main(argv=None):
     table = load_table(args.data)
     results, rows = {"machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
                                  "platform": platform.platform()}}, []
+    if "cli" not in args.skip:
+        c = results["cli"] = bench_cli.run(3 if args.quick else 7)
+        tf = c["python -c 'import tensorflow'"]
+        for name in ("imgsim --help", "imgsim score --help"):
+            rows.append((f"CLI: TensorFlow import / {name}", tf / c[name], None,
+                         f"{c[name]:.3f} s wall ({'met' if c[name] < 1 else 'missed'}: goal < 1 s)"))
     if "embed" not in args.skip:
         strecha = list(table[table["dataset"] == "strecha_mvs"]["path"][: 16 if args.quick else 64])
         e = results["embed"] = bench_embed.throughput(strecha)

@@ -10,24 +10,36 @@ IMC task) with ``graph`` (the match graph), ``benchmarks`` (IMC benchmark
 folders), ``imc`` (the score) and ``imc_report``, ``cli``.
 
 Importing :mod:`imgsim` is cheap: Keras and TensorFlow load only when a module
-that needs them is imported.
+that needs them is imported (quietly: see :mod:`imgsim.quiet`).
 """
+
+from imgsim import quiet as _quiet
 
 from imgsim.errors import (
     ConfigError,
     DataLayoutError,
+    DataWarning,
+    EmbeddingError,
     ImageDecodeError,
     ImgsimError,
+    LockedError,
+    OutputError,
     WeightsNotFoundError,
 )
 
 __version__ = "0.1.0"
 
+_quiet.install()
+
 __all__ = [
     "ConfigError",
     "DataLayoutError",
+    "DataWarning",
+    "EmbeddingError",
     "ImageDecodeError",
     "ImgsimError",
+    "LockedError",
+    "OutputError",
     "WeightsNotFoundError",
     "__version__",
 ]

@@ -6,7 +6,7 @@ augments. Images are float arrays with values in [0, 255].
 
 from dataclasses import dataclass
 
-from imgsim.config import DictConfig
+from imgsim.config import DictConfig, check_range
 from imgsim.errors import ConfigError
 
 
@@ -46,10 +46,11 @@ class AugmentConfig(DictConfig):
     seed: int = None
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("brightness", "contrast", "hue", "saturation", "zoom", "rotation", "strength"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ConfigError(f"augmentation {name} must be >= 0, got {value}")
+            check_range(f"augmentation {name}", getattr(self, name), 0)
+        if self.seed is not None:
+            check_range("augmentation seed", self.seed, 0, 2**32 - 1, integer=True)
         if self.saturation * self.strength > 0.5 or self.hue * self.strength > 1:
             raise ConfigError("augmentation saturation*strength must be <= 0.5 and hue*strength <= 1")
 

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from imgsim.errors import ImgsimError
+from imgsim.errors import DataWarning, ImgsimError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -132,7 +132,10 @@ def _add_embed_args(p):
                    help="a .keras model (default: ImageNet MobileNetV2 GAP features)")
     p.add_argument("--out", default="embeddings.npz", help="output .npz (paths, labels, embeddings)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="input side of the ImageNet default (64 to 1024)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="bad image files: stop, or leave them out and count them")
     _add_dask_args(p, "embed")
     p.add_argument("--cache-dir", default=None,
                    help="folder of the content-keyed embedding shards, so a killed run resumes "
@@ -152,8 +155,8 @@ def cmd_embed(args):
     from imgsim.model import embed_folder
 
     embed_folder(args.folder, args.model, args.out, batch_size=args.batch_size,
-                 image_size=args.image_size, scheduler=args.scheduler, workers=args.workers,
-                 cache_dir=args.cache_dir)
+                 image_size=args.image_size, on_error=args.on_error, scheduler=args.scheduler,
+                 workers=args.workers, cache_dir=args.cache_dir)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -176,14 +179,16 @@ def _add_evaluate_args(p):
 
 
 def cmd_evaluate(args):
-    from imgsim.evaluate import EvalConfig, evaluate
+    from imgsim.evaluate import EvalConfig, evaluate, summary_markdown
     from imgsim.sift import SiftConfig
 
-    evaluate(EvalConfig(
+    result = evaluate(EvalConfig(
         run=args.run, data=args.data, report_dir=args.report_dir, protocols=args.protocols,
         max_pairs_per_dataset=args.max_pairs, image_size=args.image_size,
         cache_dir=args.cache_dir, sift_retrieval=not args.no_sift_retrieval, workers=args.workers,
         sift=SiftConfig(max_side=args.sift_max_side, n_features=args.sift_features)))
+    print(summary_markdown(result))
+    print(f"report: {result['report_dir']}")
 
 
 # --------------------------------------------------------------------------- sweep
@@ -203,25 +208,58 @@ def cmd_sweep(args):
 
     result = sweep(args.experiment, out_root=args.out_root, workers=args.workers,
                    scheduler=args.scheduler, retry_failed=args.retry_failed)
-    print(open(os.path.join(result["root"], "summary.md")).read())
-    print(f"ran {result['ran']}, skipped {result['skipped']} finished, failed {result['failed']}; "
-          f"summary: {os.path.join(result['root'], 'summary.md')}")
+    with open(os.path.join(result["root"], "summary.md"), encoding="utf-8") as f:
+        print(f.read())
+    earlier = (f" ({result['failed_earlier']} from an earlier sweep: --retry-failed runs them "
+               "again)") if result["failed_earlier"] else ""
+    print(f"ran {result['ran']}, skipped {result['skipped']} finished, failed {result['failed']}"
+          f"{earlier}; summary: {os.path.join(result['root'], 'summary.md')}")
     return 1 if result["failed"] else 0
 
 
 # --------------------------------------------------------------------------- serve
 
 
+def _port(text):
+    """argparse type: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
 def _add_serve_args(p):
-    p.add_argument("--port", type=int, default=8866, help="port Voilà listens on")
-    p.add_argument("--ip", default="127.0.0.1", help="address Voilà listens on")
+    p.add_argument("--model", default=None,
+                   help="a .keras model (default: the report's model, else the demo run's best.keras "
+                   "if `make demo` ran, else ImageNet MobileNetV2 GAP features)")
+    p.add_argument("--data", default=None, help="data root to pick images from (default: the embedded sample)")
+    p.add_argument("--report", default="auto",
+                   help="an `imgsim evaluate` metrics.json: calibrated thresholds and the fused "
+                   "probability; 'auto': the shipped ImageNet calibration when the model is the one it "
+                   "measured; 'none': uncalibrated")
+    p.add_argument("--port", type=_port, default=8866, help="port to listen on (must be free)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--image-size", type=int, default=224, help="ImageNet baseline input size (without a report)")
+    p.add_argument("--session", default=None,
+                   help="history CSV kept across page reloads (default: ~/.cache/imgsim/inspector/history.csv)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted")
+    p.add_argument("--cull-idle-timeout", type=int, default=120,
+                   help="seconds before the kernel of a closed page is shut down")
     p.add_argument("--notebook", default=None, help="inspector notebook (default: notebooks/04_pair_inspector.ipynb)")
 
 
 def cmd_serve(args):
-    from imgsim.widgets import serve
+    from imgsim.serve import serve
+    from imgsim.widgets import default_session_file
 
-    return serve(args.notebook, port=args.port, ip=args.ip)
+    return serve(args.model, args.data, None if args.report.lower() == "none" else args.report,
+                 port=args.port, ip=args.ip, image_size=args.image_size,
+                 session_file=args.session or default_session_file(),
+                 cull_idle_timeout=args.cull_idle_timeout, max_upload_mb=args.max_upload_mb,
+                 notebook=args.notebook)
 
 
 # --------------------------------------------------------------------------- demo
@@ -230,18 +268,19 @@ def cmd_serve(args):
 def _add_demo_args(p):
     p.add_argument("--runs-dir", default="runs", help="parent folder of the demo's run folder")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"), help="where the table goes")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (default: 8)")
 
 
 def cmd_demo(args):
+    from dataclasses import replace
+
     from imgsim.demo import DemoConfig, run_demo
 
-    config = DemoConfig()
-    config.train.runs_dir = args.runs_dir
-    config.report_dir = args.report_dir
-    if args.epochs:
-        config.train.epochs = args.epochs
-    run_demo(config)
+    train = DemoConfig().train
+    changes = {"runs_dir": args.runs_dir}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    run_demo(DemoConfig(train=replace(train, **changes), report_dir=args.report_dir))
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -293,17 +332,50 @@ def cmd_reconstruct(args):
 def _add_score_args(p):
     p.add_argument("gt", help="ground truth, train_labels.csv form")
     p.add_argument("submission", help="submission CSV (Kaggle form)")
-    p.add_argument("--thresholds", default=None, help="dataset,scene,thresholds CSV")
+    p.add_argument("--thresholds", default=None,
+                   help="dataset,scene,thresholds CSV (default: fractions of each scene's radius)")
+    p.add_argument("--official", action="store_true",
+                   help="headline the official Kaggle metric code's number (imc25-utils metric.py, "
+                        "quirks included) instead of imgsim's rule; both are printed where they differ")
+
+
+def _figures(d):
+    scored = (f"score {100 * d['score']:.2f}  mAA {d['maa']:.3f}" if d["score"] is not None
+              else "not scored (mAA undefined)")
+    return f"{scored}  clusterness {d['clusterness']:.3f}"
 
 
 def cmd_score(args):
-    from imgsim.imc import score
+    import math
+    import warnings
 
-    result = score(args.gt, args.submission, args.thresholds)
+    from imgsim.imc import ScoreWarning, score
+
+    def run(official):
+        with warnings.catch_warnings():  # printed below, labelled with their rule
+            warnings.simplefilter("ignore", ScoreWarning)
+            return score(args.gt, args.submission, args.thresholds, official=official)
+
+    rule = {False: "imgsim rule", True: "official rule"}
+    result = run(args.official)
+    try:
+        other = run(not args.official)
+    except ImgsimError as exc:
+        other = exc
+    for r in (result, other) if isinstance(other, dict) else (result,):
+        for message in r["warnings"]:
+            print(f"warning ({rule[r['official']]}): {message}", file=sys.stderr)
     for name, d in sorted(result["datasets"].items()):
-        print(f"{name}: score {100 * d['score']:.2f}  mAA {d['maa']:.3f}  "
-              f"clusterness {d['clusterness']:.3f}")
-    print(f"IMC score: {result['score']:.2f}")
+        line, alt = f"{name}: {_figures(d)}", isinstance(other, dict) and _figures(other["datasets"][name])
+        print(line + (f"  ({rule[not args.official]}: {alt})" if alt and alt != _figures(d) else ""))
+    print(f"IMC score: {result['score']:.2f} ({rule[args.official]})")
+    if not isinstance(other, dict):
+        print(f"{rule[not args.official]}: cannot score: {type(other).__name__}: {other}")
+    elif math.isclose(other["score"], result["score"], rel_tol=0, abs_tol=1e-9):
+        print(f"{rule[not args.official]}: agrees")
+    else:
+        digits = 2 if f"{other['score']:.2f}" != f"{result['score']:.2f}" else 6
+        print(f"{rule[not args.official]}: {other['score']:.{digits}f}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -346,17 +418,55 @@ def build_parser(argv=None):
     return parser
 
 
+def _fail(message, status=2):
+    """Print ``message`` as one line on stderr, after closing the tqdm bars an error left open
+    (so that it starts on a line of its own); returns ``status``."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+    print(message, file=sys.stderr)
+    return status
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """imgsim's own warnings (e.g. ``DataWarning``) as one line, without the source line."""
+    print(f"{category.__name__}: {message}", file=file or sys.stderr)
+
+
+# File-system failures that are the environment's, not a bug: reported as one line.
+_ENVIRONMENT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EMFILE", "ENAMETOOLONG")
+
+
 def main(argv=None):
+    """Run ``imgsim VERB ...``; returns the exit status.
+
+    0: done; 1: done, but some runs failed (``sweep``); 2: bad input, printed
+    as one line ``ErrorClass: file or argument: problem`` on stderr, nothing
+    of earlier results changed; 130: interrupted.
+    """
+    import errno
+    import warnings
+
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before the parser: building train's arguments imports TensorFlow.
     set_verbosity(-1 if {"-q", "--quiet"} & set(argv) else 1 if {"-v", "--verbose"} & set(argv) else 0)
     set_thread_waits()
     args = build_parser(argv).parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except ImgsimError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", DataWarning)  # each run says what it repaired
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args) or 0
+        except ImgsimError as exc:
+            return _fail(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            if exc.filename is None or errno.errorcode.get(exc.errno) not in _ENVIRONMENT_ERRNOS:
+                raise
+            return _fail(f"{type(exc).__name__}: {exc.filename}: {exc.strerror}")
+        except MemoryError as exc:  # numpy says how much it tried to allocate
+            return _fail(f"MemoryError: {exc or 'out of memory'} (smaller images, batches or data?)")
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,17 @@ Decoding lives in :mod:`imgsim.images`, pair sets in :mod:`imgsim.pairs`.
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from imgsim.config import DictConfig
-from imgsim.errors import ConfigError, DataLayoutError, ImageDecodeError
+from imgsim.errors import ConfigError, DataLayoutError, DataWarning, ImageDecodeError
 from imgsim.images import (
     IMAGE_EXTENSIONS,
+    UNSUPPORTED_IMAGE_EXTENSIONS,
     BadFiles,
     check_on_error,
     load_image,
@@ -40,6 +42,66 @@ TABLE_COLUMNS = ("path", "image", "dataset", "scene", "rotation_matrix", "transl
 OUTLIERS = "outliers"
 # The embedded sample (12 scenes of real photos) in a clone or editable install.
 SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
+
+
+# --------------------------------------------------------------------------- label hygiene
+
+
+def _rows(index, limit=5):
+    """'row 3' or 'rows 3, 7, 9 (and 4 more)' for 0-based CSV data row positions (header = row 1)."""
+    shown = ", ".join(str(i + 2) for i in index[:limit])
+    more = f" (and {len(index) - limit} more)" if len(index) > limit else ""
+    return f"row{'s' if len(index) > 1 else ''} {shown}{more}"
+
+
+def strip_labels(values, where, column):
+    """Labels with surrounding whitespace stripped, and a :class:`DataWarning` saying which.
+
+    ``castle_p30`` and ``castle_p30 `` are one scene: a stray space (a
+    spreadsheet's, a shell's) must not split a scene in two, which would turn
+    positives into negatives.
+
+    Parameters
+    ----------
+    values : sequence of str
+    where : str
+        The file or folder the labels come from (for the message).
+    column : str
+        The column, for the message.
+
+    Returns
+    -------
+    list of str
+    """
+    values = [str(v) for v in values]
+    stripped = [v.strip() for v in values]
+    changed = [i for i, (a, b) in enumerate(zip(values, stripped)) if a != b]
+    if changed:
+        examples = ", ".join(repr(values[i]) for i in changed[:3])
+        warnings.warn(f"{where}: stripped surrounding whitespace from {len(changed)} {column} "
+                      f"label(s) ({examples}{', ...' if len(changed) > 3 else ''})",
+                      DataWarning, stacklevel=3)
+    return stripped
+
+
+def _check_names(labels, csv_path):
+    """Refuse, by row, dataset and image names that are not plain relative names.
+
+    They name a folder and a file: surrounding whitespace, an absolute path or
+    a ``..`` part would read a file other than the one meant (or one outside
+    the data root), so imgsim does not guess.
+    """
+    for column in ("dataset", "image"):
+        values = labels[column]
+        spaced = list(labels.index[values != values.str.strip()])
+        if spaced:
+            raise DataLayoutError(f"{csv_path}: {_rows(spaced)}: {column} name "
+                                  f"{values[spaced[0]]!r} has surrounding whitespace")
+        escaping = [i for i, v in zip(labels.index, values)
+                    if os.path.isabs(v) or ".." in v.replace("\\", "/").split("/")]
+        if escaping:
+            raise DataLayoutError(f"{csv_path}: {_rows(escaping)}: {column} {values[escaping[0]]!r} "
+                                  "must be a relative name without '..'")
 
 
 # --------------------------------------------------------------------------- tables
@@ -61,8 +123,11 @@ def read_imc_labels(root, labels_csv="train_labels.csv", image_dir="train"):
     ``root/image_dir/dataset/image`` and ``image`` is that path relative to root.
     """
     csv_path = os.path.join(root, labels_csv)
+    if not os.path.isfile(csv_path):
+        raise DataLayoutError(f"{csv_path}: {'not a file' if os.path.exists(csv_path) else 'no such file'}")
     try:
-        labels = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        labels = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise DataLayoutError(f"{csv_path}: empty file, expected a header with columns "
                               f"{', '.join(REQUIRED_COLUMNS)}") from None
@@ -77,7 +142,9 @@ def read_imc_labels(root, labels_csv="train_labels.csv", image_dir="train"):
         empty = labels.index[labels[column].str.strip() == ""]
         if len(empty):
             raise DataLayoutError(
-                f"{csv_path}: row {empty[0] + 2}: empty value in column '{column}'")
+                f"{csv_path}: {_rows(list(empty))}: empty value in column '{column}'")
+    _check_names(labels, csv_path)
+    labels["scene"] = strip_labels(labels["scene"], csv_path, "scene")
     duplicated = labels.duplicated(["dataset", "image"])
     if duplicated.any():
         row = labels[duplicated].iloc[0]
@@ -103,25 +170,36 @@ def read_folders(root):
     """Read a plain ``root/<scene>/<image>`` layout into a table.
 
     Files whose extension is not in ``IMAGE_EXTENSIONS`` are ignored; hidden
-    files and folders too. ``dataset`` is the name of ``root``.
+    files and folders too. Photos in formats imgsim cannot decode (HEIC, GIF,
+    RAW, ... : ``UNSUPPORTED_IMAGE_EXTENSIONS``) are listed in
+    ``table.attrs["unsupported"]`` for :func:`load_table` to count. ``dataset``
+    is the name of ``root``; scene names are folder names with surrounding
+    whitespace stripped (:func:`strip_labels`).
     """
     root_name = os.path.basename(os.path.normpath(os.path.abspath(root)))
-    rows = []
+    rows, unsupported = [], []
     for scene in sorted(os.listdir(root)):
         folder = os.path.join(root, scene)
         if scene.startswith(".") or not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith("."):
                 continue
-            rows.append((os.path.join(folder, name), os.path.join(scene, name), root_name, scene))
+            if name.lower().endswith(UNSUPPORTED_IMAGE_EXTENSIONS):
+                unsupported.append(os.path.join(folder, name))
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                rows.append((os.path.join(folder, name), os.path.join(scene, name), root_name, scene))
     if not rows:
+        found = (f" (only {len(unsupported)} in formats imgsim does not read, e.g. "
+                 f"{unsupported[0]})") if unsupported else ""
         raise DataLayoutError(
-            f"{root}: no train_labels.csv and no <scene>/<image> folders with images")
+            f"{root}: no train_labels.csv and no <scene>/<image> folders with images{found}")
     table = pd.DataFrame(rows, columns=["path", "image", "dataset", "scene"])
+    table["scene"] = strip_labels(table["scene"], root, "scene")
     table["rotation_matrix"] = "nan"
     table["translation_vector"] = "nan"
     table.attrs["source"] = str(root)
+    table.attrs["unsupported"] = unsupported
     return table
 
 
@@ -150,13 +228,19 @@ def load_table(root, on_error="raise", min_images_per_scene=2, bad=None):
     """
     check_on_error(on_error)
     bad = BadFiles() if bad is None else bad
+    if not isinstance(root, (str, os.PathLike)):
+        raise ConfigError(f"data root must be a folder path, got {root!r}")
     if not os.path.isdir(root):
-        raise DataLayoutError(f"{root}: no such directory")
-    if os.path.isfile(os.path.join(root, "train_labels.csv")):
+        raise DataLayoutError(f"{root}: {'not a directory' if os.path.exists(root) else 'no such directory'}")
+    if os.path.exists(os.path.join(root, "train_labels.csv")):
         table = read_imc_labels(root)
     else:
         table = read_folders(root)
     source = table.attrs["source"]
+    for path in table.attrs.get("unsupported", []):
+        extension = os.path.splitext(path)[1].lower()
+        raise_or_record(ImageDecodeError(f"{path}: {extension} is not an image format imgsim reads "
+                                         "(convert it to JPEG or PNG)"), on_error, bad)
     keep = []
     for path in table["path"]:
         problem = None
@@ -174,7 +258,7 @@ def load_table(root, on_error="raise", min_images_per_scene=2, bad=None):
     small = counts[counts < min_images_per_scene]
     for (dataset, scene), n in small.items():
         raise_or_record(DataLayoutError(
-            f"{source}: scene '{scene}' of dataset '{dataset}' has {n} image"
+            f"{source}: scene {scene!r} of dataset {dataset!r} has {n} usable image"
             f"{'s' if n != 1 else ''}, at least {min_images_per_scene} needed"), on_error, bad)
         table = table[~((table["dataset"] == dataset) & (table["scene"] == scene))]
     if table.empty:
@@ -195,6 +279,21 @@ class Split(DictConfig):
     val: list
     test: list
 
+    def __post_init__(self):
+        for part in ("train", "val", "test"):
+            keys = getattr(self, part)
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ConfigError(f"split {part}: expected a list of 'dataset/scene' names, got {keys!r}")
+
+
+def check_fractions(val_fraction, test_fraction):
+    """Raise :class:`ConfigError` unless both held-out fractions are in (0, 1) with a sum below 1."""
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1
+               for f in (val_fraction, test_fraction)) or val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction={val_fraction!r} and test_fraction={test_fraction!r} must be in (0, 1) "
+            "and sum to less than 1")
+
 
 def scene_keys(table):
     """``dataset/scene`` key of every row: scene names are unique only within a dataset."""
@@ -213,10 +312,7 @@ def split_scenes(table, val_fraction=0.15, test_fraction=0.25, seed=0):
     -------
     Split
     """
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
-            "and sum to less than 1")
+    check_fractions(val_fraction, test_fraction)
     keys = sorted(set(scene_keys(table[table["scene"] != OUTLIERS])))
     if len(keys) < 3:
         raise ConfigError(

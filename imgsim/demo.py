@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from imgsim import data as data_mod
 from imgsim.augment import AugmentConfig
-from imgsim.fileio import atomic_write_json
+from imgsim.config import DictConfig, check_range
+from imgsim.errors import ConfigError
+from imgsim.fileio import atomic_write_json, check_output_dir
 from imgsim.train import TrainConfig, fit
 
 SAMPLE_DATA = data_mod.SAMPLE_DATA
@@ -23,12 +25,20 @@ def _demo_train_config():
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(DictConfig):
     """The demo's training run and where its report goes."""
 
     train: TrainConfig = field(default_factory=_demo_train_config)
     report_dir: str = os.path.join("reports", "demo")
     batch_size: int = 32
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
+        super().__post_init__()
+        check_range("batch_size", self.batch_size, 1, integer=True)
 
 
 def evaluate_retrieval(model, table, batch_size=32):
@@ -39,6 +49,14 @@ def evaluate_retrieval(model, table, batch_size=32):
     embeddings = embed(model, list(table["path"]), batch_size)
     report = retrieval_report(embeddings, data_mod.label_ids(table), ks=(1, 5))
     return {name: report[name] for name in METRICS}
+
+
+def results_frame(results):
+    """The results as a DataFrame: one row per model, one column per metric."""
+    import pandas as pd
+
+    return pd.DataFrame.from_dict({name: {m: values[m] for m in METRICS}
+                                   for name, values in results.items()}, orient="index")
 
 
 def format_table(results):
@@ -79,7 +97,8 @@ def compare_on_test_scenes(run, train_config, batch_size=32):
 
 def run_demo(config=None):
     """Train, evaluate both models on the test scenes, print and save the table."""
-    config = config or DemoConfig()
+    config = (config or DemoConfig()).validate()
+    check_output_dir(config.report_dir, "report_dir")  # before training, not after
     run = fit(config.train)
     split = data_mod.Split.from_dict(run["split"])
     results, test = compare_on_test_scenes(run, config.train, config.batch_size)

@@ -2,7 +2,8 @@
 
 Every error that bad input can cause is an :class:`ImgsimError` whose message
 names the file (or setting) and the problem, for example
-``ImageDecodeError: train/x/y.jpg: not an image``.
+``ImageDecodeError: train/x/y.jpg: not an image``. The command line prints it
+as one line and exits with status 2.
 """
 
 
@@ -11,7 +12,7 @@ class ImgsimError(Exception):
 
 
 class DataLayoutError(ImgsimError):
-    """A data folder or labels file does not have the expected layout."""
+    """A data folder, labels file or run folder does not have the expected layout."""
 
 
 class ImageDecodeError(ImgsimError):
@@ -24,3 +25,19 @@ class ConfigError(ImgsimError, ValueError):
 
 class WeightsNotFoundError(ImgsimError):
     """Pretrained weights are neither cached nor downloadable."""
+
+
+class OutputError(ImgsimError):
+    """An output file or folder cannot be written (disk full, read-only, a file in the way)."""
+
+
+class LockedError(ImgsimError):
+    """A run folder is in use by another imgsim process (the message names it)."""
+
+
+class EmbeddingError(ImgsimError):
+    """A model produced an all-zero or non-finite embedding (never returned as a result)."""
+
+
+class DataWarning(UserWarning):
+    """Input that imgsim repaired, and says how (e.g. whitespace stripped from labels)."""

@@ -30,8 +30,10 @@ import pandas as pd
 from imgsim import data as data_mod
 from imgsim import pairs as pairs_mod
 from imgsim import metrics
-from imgsim.config import DictConfig
-from imgsim.fileio import atomic_write_json, atomic_write_text, read_json
+from imgsim.config import DictConfig, check_choice, check_range
+from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.fileio import atomic_write_json, atomic_write_text, check_output_dir, read_json
+from imgsim.model import check_image_size
 from imgsim.fusion import FusionConfig, FusionModel, pair_features
 from imgsim.sift import FeatureCache, SiftConfig, extract_many, pair_matches
 
@@ -96,10 +98,22 @@ class EvalConfig(DictConfig):
             self.sift = SiftConfig.from_dict(self.sift)
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
-        bad = [p for p in self.protocols if p not in pairs_mod.PROTOCOLS]
-        if bad or not self.protocols:
-            from imgsim.errors import ConfigError
-            raise ConfigError(f"protocols must be a non-empty subset of {pairs_mod.PROTOCOLS}, got {self.protocols}")
+        for name, kind in (("sift", SiftConfig), ("fusion", FusionConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__} or a dict of its fields, "
+                                  f"got {getattr(self, name)!r}")
+        super().__post_init__()
+        if (not isinstance(self.protocols, (list, tuple)) or not self.protocols
+                or any(p not in pairs_mod.PROTOCOLS for p in self.protocols)):
+            raise ConfigError(f"protocols must be a non-empty subset of {pairs_mod.PROTOCOLS}, "
+                              f"got {self.protocols!r}")
+        check_range("max_pairs_per_dataset", self.max_pairs_per_dataset, 1, integer=True)
+        check_image_size(self.image_size)
+        data_mod.check_fractions(self.val_fraction, self.test_fraction)
+        check_range("split_seed", self.split_seed, 0, 2**32 - 1, integer=True)
+        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_choice("threshold_method", self.threshold_method, ("accuracy", "fpr"))
+        check_range("workers", self.workers, 1, integer=True)
 
 
 # --------------------------------------------------------------------------- evidence
@@ -162,25 +176,77 @@ def method_scores(distances, inliers, ratios, fusion):
 # --------------------------------------------------------------------------- evaluation
 
 
+RUN_FILES = ("config.json", "split.json", "best.keras", "metrics.json")
+
+
+def read_run(run):
+    """The data root and split of a finished training run folder, checked.
+
+    Raises
+    ------
+    DataLayoutError
+        Naming the folder or file: no such folder, a file missing (an
+        unfinished run has no ``metrics.json``: it is not evaluated as if it
+        were final), a corrupt ``config.json`` / ``split.json``.
+
+    Returns
+    -------
+    (data root, Split)
+    """
+    if not os.path.isdir(run):
+        raise DataLayoutError(f"{run}: {'not a folder' if os.path.exists(run) else 'no such run folder'}")
+    missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run, name))]
+    if missing == ["metrics.json"]:
+        raise DataLayoutError(f"{run}: unfinished run (no metrics.json): resume it with the same "
+                              "imgsim train command first")
+    if missing:
+        raise DataLayoutError(f"{run}: not a training run folder (missing {', '.join(missing)})")
+    run_config = read_json(os.path.join(run, "config.json"))
+    split_path = os.path.join(run, "split.json")
+    if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), str):
+        raise DataLayoutError(f"{os.path.join(run, 'config.json')}: no 'data' folder in it")
+    try:
+        split = data_mod.Split.from_dict(read_json(split_path))
+    except ConfigError as exc:
+        raise DataLayoutError(f"{split_path}: not a split ({exc})") from None
+    return run_config["data"], split
+
+
+def _check_split(split, table, source):
+    """Raise unless every scene of the split is in the table (the run's data may have changed)."""
+    known = set(data_mod.scene_keys(table))
+    absent = [k for part in ("val", "test") for k in getattr(split, part) if k not in known]
+    if absent:
+        raise DataLayoutError(f"{source}: scene {absent[0]!r} of the run's split is not in the data "
+                              f"({len(absent)} missing)")
+
+
 def _load(config):
     """Model, table, split and report folder of an evaluation."""
     from imgsim.model import EmbeddingConfig, build_imagenet_baseline, load_model
 
     if config.run:
-        run_config = read_json(os.path.join(config.run, "config.json"))
-        data = config.data or run_config["data"]
-        split = data_mod.Split.from_dict(read_json(os.path.join(config.run, "split.json")))
-        model = load_model(os.path.join(config.run, "best.keras"))
+        data, split = read_run(config.run)
+        data = config.data or data
         name = os.path.basename(os.path.normpath(config.run))
     else:
         data = config.data or data_mod.SAMPLE_DATA
-        model = build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
         split = None
         name = "imagenet"
+    report_dir = config.report_dir or os.path.join("reports", name)
+    check_output_dir(report_dir, "report_dir")
+    if config.cache_dir:
+        check_output_dir(config.cache_dir, "cache_dir")
     table = data_mod.load_table(data)
     if split is None:
         split = data_mod.split_scenes(table, config.val_fraction, config.test_fraction, config.split_seed)
-    return model, table, split, config.report_dir or os.path.join("reports", name)
+    else:
+        _check_split(split, table, os.path.join(config.run, "split.json"))
+    if config.run:
+        model = load_model(os.path.join(config.run, "best.keras"))
+    else:
+        model = build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
+    return model, table, split, report_dir
 
 
 def _verification(evidence, table, split, protocol, config):
@@ -250,7 +316,7 @@ def _retrieval_and_clustering(dist, inliers, fused, labels, scenes, thresholds, 
 
 def evaluate(config=None):
     """Run the whole evaluation and write the report; returns ``metrics.json``'s content."""
-    config = config or EvalConfig()
+    config = (config or EvalConfig()).validate()
     model, table, split, report_dir = _load(config)
     os.makedirs(report_dir, exist_ok=True)
     evidence = Evidence(model, config.sift, FeatureCache(config.cache_dir), config.workers)
@@ -281,13 +347,22 @@ def evaluate(config=None):
         "fusion": headline["fusion"].to_dict(),
         "split": split.to_dict(),
         "config": config.to_dict(),
+        "report_dir": report_dir,
     })
     atomic_write_json(os.path.join(report_dir, "metrics.json"), result)
     atomic_write_text(os.path.join(report_dir, "summary.md"), summary_markdown(result))
     write_figures(report_dir, evidence, headline, protocols, rows, dist, labels)
-    print(summary_markdown(result))
-    print(f"report: {report_dir}")
     return result
+
+
+def summary_frame(result):
+    """The summary tables as one DataFrame: rows (protocol, method), columns the figures."""
+    rows = {(protocol, method): {k: values.get(k) for k in SUMMARY_KEYS}
+            for protocol, methods in result["protocols"].items()
+            for method, values in methods.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.names = ["protocol", "method"]
+    return frame
 
 
 def summary_markdown(result):

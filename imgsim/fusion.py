@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsim.config import DictConfig
-from imgsim.errors import ConfigError
+from imgsim.config import DictConfig, check_range
 
 FEATURES = ("distance", "log_inliers", "inlier_ratio")
 
@@ -40,8 +39,8 @@ class FusionConfig(DictConfig):
     C: float = 1.0
 
     def __post_init__(self):
-        if self.C <= 0:
-            raise ConfigError(f"fusion C must be positive, got {self.C}")
+        super().__post_init__()
+        check_range("fusion C", self.C, 0, low_open=True)
 
 
 class FusionModel:

@@ -21,6 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from imgsim.errors import ConfigError, ImageDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Photo formats a folder may hold that imgsim does not decode: counted as bad files, never
+# skipped silently (animated GIF, phone HEIC/HEIF, AVIF, JPEG XL/2000, camera RAW, vector).
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".svg",
+                                ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
+                                ".psd", ".exr", ".hdr")
 ON_ERROR = ("raise", "skip")
 MIN_SIDE = 32
 
@@ -134,7 +139,12 @@ def _decode(source, label, size, min_side):
         raise ImageDecodeError(f"{label}: not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(f"{label}: image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's (permission, I/O error), not the data's
+            raise ImageDecodeError(f"{label}: cannot read ({exc.strerror})") from None
+        problem = "truncated image data" if "truncat" in str(exc).lower() else "corrupt image data"
+        raise ImageDecodeError(f"{label}: {problem}") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         problem = "truncated image data" if "truncat" in str(exc).lower() else "corrupt image data"
         raise ImageDecodeError(f"{label}: {problem}") from None
     h, w = rgb.shape[:2]

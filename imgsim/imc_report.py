@@ -65,13 +65,25 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
     -------
     dict: the metrics written.
     """
+    import warnings
+
     from imgsim import viz
-    from imgsim.imc import read_submission, score
+    from imgsim.errors import ImgsimError
+    from imgsim.imc import ScoreWarning, read_submission, score
 
     gt, submission = read_submission(gt_csv), read_submission(submission_csv)
-    result = score(gt_csv, submission_csv, thresholds_csv)
-    metrics = {"score": result["score"], "datasets": result["datasets"],
-               "timings": run["timings"], "info": run["info"], "wall_s": run["wall_s"],
+    with warnings.catch_warnings():  # kept in metrics.json and summary.md
+        warnings.simplefilter("ignore", ScoreWarning)
+        result = score(gt_csv, submission_csv, thresholds_csv)
+        try:
+            kaggle = score(gt_csv, submission_csv, thresholds_csv, official=True)
+            official = {"score": kaggle["score"], "warnings": kaggle["warnings"],
+                        "datasets": {name: {k: d[k] for k in ("score", "maa", "clusterness")}
+                                     for name, d in kaggle["datasets"].items()}}
+        except ImgsimError as exc:
+            official = {"error": f"{type(exc).__name__}: {exc}"}
+    metrics = {"score": result["score"], "datasets": result["datasets"], "warnings": result["warnings"],
+               "official": official, "timings": run["timings"], "info": run["info"], "wall_s": run["wall_s"],
                "config": run.get("config")}
     os.makedirs(report_dir, exist_ok=True)
     atomic_write_json(os.path.join(report_dir, "metrics.json"), metrics)
@@ -88,15 +100,39 @@ def write_report(gt_csv, submission_csv, run, report_dir, thresholds_csv=None):
     return metrics
 
 
+def _official_line(metrics):
+    """The official metric's number beside imgsim's, with the datasets where they differ."""
+    official = metrics.get("official") or {}
+    if "error" in official:
+        return f"Official metric (imc25-utils metric.py): cannot score: {official['error']}"
+    if "score" not in official:
+        return ""
+    differ = [f"{name} {100 * d['score']:.2f} (imgsim: " + (
+              "not scored" if metrics["datasets"][name]["score"] is None else
+              f"{100 * metrics['datasets'][name]['score']:.2f}") + ")"
+              for name, d in sorted(official["datasets"].items())
+              if metrics["datasets"][name]["score"] is None
+              or abs(d["score"] - metrics["datasets"][name]["score"]) > 1e-9]
+    return (f"Official metric (imc25-utils metric.py): {official['score']:.2f}"
+            + (f", differs in {', '.join(differ)}" if differ else ", agrees in every dataset"))
+
+
+def _fixed(value, digits):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def summary_markdown(metrics):
     """Markdown tables of a :func:`write_report` result: datasets, then scenes."""
+    notes = [f"- warning: {w}" for w in metrics.get("warnings", [])]
     lines = [f"**IMC score: {metrics['score']:.2f}** (wall time {metrics['wall_s']:.1f} s)", "",
+             _official_line(metrics), ""] + (notes + [""] if notes else []) + [
              "| dataset | score | mAA | clusterness | registered / images (incl. outliers) | pairs | "
              + " | ".join(f"{s} s" for s in STAGES) + " |",
              "|---" * (6 + len(STAGES)) + "|"]
     for name, d in sorted(metrics["datasets"].items()):
         info, timing = metrics["info"][name], metrics["timings"][name]
-        lines.append(f"| {name} | {100 * d['score']:.2f} | {d['maa']:.3f} | {d['clusterness']:.3f} | "
+        total = None if d["score"] is None else 100 * d["score"]
+        lines.append(f"| {name} | {_fixed(total, 2)} | {_fixed(d['maa'], 3)} | {d['clusterness']:.3f} | "
                      f"{info['registered']} / {info['images']} | {info['pairs']} | "
                      + " | ".join(f"{timing.get(s, 0):.1f}" for s in STAGES) + " |")
     lines += ["", "| dataset | scene | cluster | mAA | clusterness | registered / images |",

@@ -31,12 +31,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsim.config import DictConfig
-from imgsim.errors import ConfigError, WeightsNotFoundError
+from imgsim.config import DictConfig, check_choice, check_range
+from imgsim.errors import ConfigError, DataLayoutError, EmbeddingError, WeightsNotFoundError
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 ENGINES = ("keras", "openvino")
+# Input sides the MobileNetV2 backbone takes. Below 64 px its last feature map is 1x1 or 2x2
+# and ImageNet GAP features collapse: measured on 538 photos (data/sample and the 424 shared
+# photos), at 32 and 48 px 14-95 % of alpha-1.0 feature vectors are exactly zero and the
+# others 10x shorter than at 64 px, where none is zero (shortest norm 13, as at 80 and 96 px).
+MIN_IMAGE_SIZE = 64
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass
@@ -48,8 +54,9 @@ class EmbeddingConfig(DictConfig):
     alpha : float
         MobileNetV2 width multiplier (1.0 is the seed's model; 0.35 is 6× cheaper).
     image_size : int
-        Square input side in pixels; any size ≥ 32 works with the 224-row
-        ImageNet weights (convolution weights do not depend on input size).
+        Square input side in pixels, ``MIN_IMAGE_SIZE`` (64) to
+        ``MAX_IMAGE_SIZE`` (1024); the 224-row ImageNet weights work at any of
+        them (convolution weights do not depend on input size).
     hidden_dim, embedding_dim : int
         Widths of the two dense layers (256 → 128).
     dropout : float
@@ -79,18 +86,20 @@ class EmbeddingConfig(DictConfig):
     head_init: str = "pca"
 
     def __post_init__(self):
-        if self.head_init not in ("pca", "random"):
-            raise ConfigError(f"head_init must be 'pca' or 'random', got {self.head_init!r}")
-        if self.alpha not in ALPHAS:
-            raise ConfigError(f"alpha must be one of {ALPHAS}, got {self.alpha}")
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be at least 32, got {self.image_size}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.trainable_layers < 0:
-            raise ConfigError(f"trainable_layers must be >= 0, got {self.trainable_layers}")
-        if self.hidden_dim < 1 or self.embedding_dim < 1:
-            raise ConfigError("hidden_dim and embedding_dim must be positive")
+        super().__post_init__()
+        check_choice("head_init", self.head_init, ("pca", "random"))
+        check_choice("alpha", self.alpha, ALPHAS)
+        check_image_size(self.image_size)
+        check_range("dropout", self.dropout, 0, 1, high_open=True)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("trainable_layers", self.trainable_layers, 0, integer=True)
+        check_range("hidden_dim", self.hidden_dim, 1, integer=True)
+        check_range("embedding_dim", self.embedding_dim, 1, integer=True)
+
+
+def check_image_size(value, name="image_size"):
+    """Raise :class:`ConfigError` unless ``value`` is an input side the backbone can take."""
+    return check_range(name, value, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, integer=True)
 
 
 
@@ -224,7 +233,7 @@ def gap_features(model, images, batch_size=32):
     return embed(features, images, batch_size)
 
 
-def init_head_pca(model, images, augment=None, copies=0, seed=0):
+def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False):
     """Start the head at the PCA projection of the backbone's GAP features.
 
     With hidden width ``2 m`` and embedding width ``m``, the hidden layer computes
@@ -246,6 +255,8 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0):
         the PCA: a small training set then spans more of the feature space.
     copies : int
     seed : int
+    progress : bool
+        Show a tqdm bar over the ``(1 + copies) * n`` images it embeds.
 
     Returns
     -------
@@ -256,12 +267,21 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0):
     if hidden.units != 2 * m:
         raise ConfigError(f"head_init='pca' needs hidden_dim == 2 * embedding_dim, got "
                           f"{hidden.units} and {m}")
-    feats = [gap_features(model, images)]
-    for _ in range(copies if augment is not None else 0):
-        augmented = np.concatenate([np.asarray(augment(images[i:i + 32].astype(np.float32),
-                                                       training=True))
-                                    for i in range(0, len(images), 32)])
-        feats.append(gap_features(model, augmented))
+    import keras
+    from tqdm.auto import tqdm
+
+    features = keras.Model(model.input, model.get_layer("gap").output)
+    passes = [None] + [augment] * (copies if augment is not None else 0)
+    feats = []
+    with tqdm(total=len(passes) * len(images), desc="head PCA init", unit="img",
+              disable=not progress) as bar:
+        for layer in passes:  # batches of 32, as embed() runs them
+            for i in range(0, len(images), 32):
+                batch = images[i:i + 32]
+                if layer is not None:
+                    batch = np.asarray(layer(batch.astype(np.float32), training=True))
+                feats.append(embed(features, batch))
+                bar.update(len(batch))
     x = np.concatenate(feats).astype(np.float64)
     _, singular, vt = np.linalg.svd(x, full_matrices=False)
     rank = int(np.sum(singular > singular[0] * 1e-6)) if len(singular) else 0
@@ -299,7 +319,9 @@ def load_model(path):
     import imgsim.losses  # noqa: F401  (registers the loss for saved compile configs)
 
     if not os.path.isfile(path):
-        raise WeightsNotFoundError(f"{path}: model file does not exist")
+        problem = "is a directory, expected a .keras file" if os.path.isdir(path) else \
+            "model file does not exist"
+        raise WeightsNotFoundError(f"{path}: {problem}")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
@@ -313,7 +335,10 @@ def input_size(model):
     """Square input side of a model built by this module (or of an :class:`InferenceModel`)."""
     if isinstance(model, InferenceModel):
         return model.input_size
-    shape = model.input_shape
+    shape = tuple(getattr(model, "input_shape", None) or ())
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ConfigError(f"model {getattr(model, 'name', model)!r} takes inputs of shape {shape}, "
+                          "expected (batch, size, size, 3)")
     return int(shape[1])
 
 
@@ -581,16 +606,23 @@ def embed(model, images, batch_size=32, progress=False, engine="keras"):
     Returns
     -------
     numpy.ndarray of shape (n, embedding_dim), float32
+
+    Raises
+    ------
+    EmbeddingError
+        An embedding is all zeros or not finite (an input too small for the
+        backbone, a diverged model): never returned as a result.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from imgsim.images import load_image, load_images, resize
 
+    check_range("batch_size", batch_size, 1, integer=True)
     forward = compile_for_inference(model, model.engine if isinstance(model, InferenceModel)
                                     else engine)
     size = forward.input_size
     n = len(images)
-    out = np.zeros((n, forward.output_dim), np.float32)
+    out = np.full((n, forward.output_dim), np.nan, np.float32)  # a row never filled is caught
 
     def load(start):
         chunk = images[start:start + batch_size]
@@ -605,18 +637,53 @@ def embed(model, images, batch_size=32, progress=False, engine="keras"):
         from tqdm.auto import tqdm
         bar = tqdm(total=len(starts), desc="embedding", unit="batch")
     # The next batch decodes in a background thread while the model runs on this one.
-    with ThreadPoolExecutor(1) as prefetch:
-        pending = prefetch.submit(load, starts[0]) if starts else None
-        for i, start in enumerate(starts):
-            batch = pending.result()
-            if i + 1 < len(starts):
-                pending = prefetch.submit(load, starts[i + 1])
-            out[start:start + len(batch)] = forward(batch)
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+    try:
+        with ThreadPoolExecutor(1) as prefetch:
+            pending = prefetch.submit(load, starts[0]) if starts else None
+            for i, start in enumerate(starts):
+                batch = pending.result()
+                if i + 1 < len(starts):
+                    pending = prefetch.submit(load, starts[i + 1])
+                out[start:start + len(batch)] = forward(batch)
+                if bar is not None:
+                    bar.update()
+    finally:  # an error message then starts on a line of its own
+        if bar is not None:
+            bar.close()
+    check_embeddings(out, images)
     return out
+
+
+def check_embeddings(embeddings, images=None):
+    """Raise :class:`EmbeddingError` if a row of ``embeddings`` is all zeros or not finite.
+
+    An all-zero embedding is at distance 0 from every other one, a NaN at an
+    undefined distance: either would silently corrupt every figure computed
+    from it. Every path that embeds (plain, sharded, training's validation)
+    passes here.
+
+    Parameters
+    ----------
+    embeddings : array of shape (n, dim)
+    images : sequence of length n, optional
+        What was embedded; paths name the images in the message.
+    """
+    embeddings = np.asarray(embeddings)
+    if embeddings.size == 0:
+        return
+    finite = np.isfinite(embeddings).all(axis=1)
+    zero = finite & ~np.any(embeddings != 0, axis=1)
+    bad = np.flatnonzero(~finite | zero)
+    if not len(bad):
+        return
+    first = bad[0]
+    item = images[first] if images is not None and isinstance(images[first], (str, os.PathLike)) \
+        else f"image {first}"
+    what = "not finite" if not finite[first] else "all zeros"
+    raise EmbeddingError(
+        f"{item}: embedding is {what} ({len(bad)} of {len(embeddings)} images: "
+        f"{int((~finite).sum())} not finite, {int(zero.sum())} all zeros); a diverged model or "
+        f"an input the model cannot take")
 
 
 def distance(a, b):
@@ -656,8 +723,11 @@ def similarity_percent(distance, scale=5.0):
 
 
 def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, image_size=224,
-                 scheduler=None, workers=None, cache_dir=None):
+                 on_error="raise", scheduler=None, workers=None, cache_dir=None):
     """Embed every image of a data folder (either layout) into an ``.npz`` file.
+
+    Every argument is checked before any work (an unwritable ``out`` is found
+    before embedding, not after).
 
     Parameters
     ----------
@@ -669,6 +739,11 @@ def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, i
     out : str
         Written atomically with arrays ``embeddings`` (n, dim) float32 and
         ``paths``, ``datasets``, ``scenes`` (n,) strings.
+    batch_size : int
+    image_size : int
+        Input side of the ImageNet default (a model has its own).
+    on_error : {"raise", "skip"}
+        Bad image files: stop, or leave them out and say how many.
     scheduler, workers : optional
         Embed on Dask, in content-keyed shards (:func:`embed_sharded`).
     cache_dir : str, optional
@@ -683,21 +758,31 @@ def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, i
     import io
 
     from imgsim.data import load_table
-    from imgsim.fileio import atomic_write_bytes
+    from imgsim.fileio import atomic_write_bytes, check_output_file
+    from imgsim.images import BadFiles, load_images
 
     from imgsim import distributed
 
+    check_range("batch_size", batch_size, 1, integer=True)
+    check_output_file(out, "out")
     if distributed.enabled(scheduler, workers) and not hasattr(scheduler, "submit"):
         distributed.check(scheduler, workers)
-    table = load_table(folder, min_images_per_scene=1)
-    if distributed.enabled(scheduler, workers) or cache_dir is not None:
+    sharded = distributed.enabled(scheduler, workers) or cache_dir is not None
+    config = None if model_path else EmbeddingConfig(image_size=image_size)
+    bad = BadFiles()
+    table = load_table(folder, on_error=on_error, min_images_per_scene=1, bad=bad)
+    if on_error == "skip":  # a first, small decode, so that bad images drop out with their rows
+        _, ok = load_images(table["path"], 32, on_error="skip", bad=bad)
+        table = table[ok].reset_index(drop=True)
+        if table.empty:
+            raise DataLayoutError(f"{folder}: no usable images ({len(bad)} bad)")
+    if len(bad):
+        print(f"skipped {len(bad)} bad input(s):\n{bad.summary()}")
+    if sharded:
         embeddings = embed_sharded(list(table["path"]), model_path, image_size, cache_dir, batch_size,
                                    progress=True, scheduler=scheduler, workers=workers)
     else:
-        if model_path:
-            model = load_model(model_path)
-        else:
-            model = build_imagenet_baseline(EmbeddingConfig(image_size=image_size))
+        model = load_model(model_path) if model_path else build_imagenet_baseline(config)
         embeddings = embed(model, list(table["path"]), batch_size, progress=True)
     buffer = io.BytesIO()
     np.savez(buffer, embeddings=embeddings, paths=table["path"].to_numpy(str),

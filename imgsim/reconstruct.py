@@ -47,8 +47,9 @@ import pandas as pd
 from imgsim import distributed
 from imgsim.config import DictConfig
 from imgsim.images import IMAGE_EXTENSIONS
-from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.errors import ConfigError, DataLayoutError, WeightsNotFoundError
 from imgsim.graph import connected_components
+from imgsim.model import check_image_size
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from imgsim.sift import FeatureCache, SiftConfig
 
@@ -125,6 +126,9 @@ class ReconstructConfig(DictConfig):
             raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
                               f"got {self.camera_mode!r}")
         self.sift_config()  # validates the SIFT settings now, not after embedding
+        check_image_size(self.image_size)  # and the embedding's, before any work
+        if self.model is not None and not os.path.isfile(self.model):
+            raise WeightsNotFoundError(f"{self.model}: model file does not exist")
         if self.on_dask():
             distributed.check(self.scheduler, self.workers)
 
@@ -375,9 +379,10 @@ def assign_scenes(names, models, min_size):
     return placed
 
 
-def _join(values):
+def _join(values, size):
+    """``size`` values joined by ``;``; None (no pose) gives ``size`` ``nan``s, as Kaggle's sample_submission.csv."""
     if values is None:
-        return "nan"
+        return ";".join(["nan"] * size)
     return ";".join(f"{v:.9g}" for v in np.asarray(values, float).ravel())
 
 
@@ -526,7 +531,7 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
             for image_id, image in zip(ids, group["image"]):
                 scene, R, t = placed[image]
                 rows.append({"image_id": image_id, "dataset": name, "scene": scene, "image": image,
-                             "rotation_matrix": _join(R), "translation_vector": _join(t)})
+                             "rotation_matrix": _join(R, 9), "translation_vector": _join(t, 3)})
     submission = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
     atomic_write_text(out, submission.to_csv(index=False))
     result = {"timings": timings, "info": info, "wall_s": time.perf_counter() - start,

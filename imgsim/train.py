@@ -12,7 +12,10 @@
 
 Every file is replaced atomically. A run killed at any point (SIGKILL
 included) and started again with the same configuration resumes from its last
-finished epoch; a finished run started again does nothing and says so.
+finished epoch; a finished run started again does nothing and says so. One
+process at a time works in a run folder (``.lock``); a folder made with other
+settings is refused, naming them; a run that fails before its first epoch
+leaves no folder behind (:class:`RunFolder`).
 """
 
 import csv
@@ -21,21 +24,33 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from imgsim import data as data_mod
 from imgsim import images as images_mod
+from imgsim import quiet
 from imgsim.augment import AugmentConfig
-from imgsim.config import DictConfig
-from imgsim.errors import ConfigError
-from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from imgsim.config import DictConfig, check_choice, check_range
+from imgsim.errors import ConfigError, DataLayoutError, DataWarning, OutputError
+from imgsim.fileio import (
+    FolderLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_folder_name,
+    check_output_dir,
+    read_json,
+)
+from imgsim.losses import DISTANCE_METRICS
 from imgsim.model import EmbeddingConfig
 
 MONITORS = {"val_map_at_r": "max", "val_precision_at_1": "max", "val_loss": "min"}
+# Fields that do not change a run's result: left out of its id and of the config comparison.
+NOT_IN_RUN_ID = ("runs_dir", "run_name", "workers")
 
 
 @dataclass
@@ -112,24 +127,41 @@ class TrainConfig(DictConfig):
             self.embedding = EmbeddingConfig.from_dict(self.embedding)
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_dict(self.augment)
-        if self.p < 2 or self.k < 2:
-            raise ConfigError(f"p and k must be at least 2 (a P×K batch), got p={self.p}, k={self.k}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.on_error not in images_mod.ON_ERROR:
-            raise ConfigError(f"on_error must be one of {images_mod.ON_ERROR}, got {self.on_error!r}")
-
+        for name, kind in (("embedding", EmbeddingConfig), ("augment", AugmentConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be an {kind.__name__} or a dict of its fields, "
+                                  f"got {getattr(self, name)!r}")
+        super().__post_init__()
+        if not self.data:
+            raise ConfigError("data must name a data folder, got an empty string")
+        if not self.runs_dir:
+            raise ConfigError("runs_dir must name a folder, got an empty string")
+        if self.run_name is not None:
+            check_folder_name(self.run_name, "run_name")
+        check_range("p", self.p, 2, integer=True)
+        check_range("k", self.k, 2, integer=True)
+        check_range("epochs", self.epochs, 1, integer=True)
+        if self.steps_per_epoch is not None:
+            check_range("steps_per_epoch", self.steps_per_epoch, 1, integer=True)
+        check_range("learning_rate", self.learning_rate, 0, low_open=True)
+        check_range("margin", self.margin, 0)
+        check_choice("distance_metric", self.distance_metric, DISTANCE_METRICS)
+        check_choice("monitor", self.monitor, tuple(MONITORS))
+        check_range("patience", self.patience, 0, integer=True)
+        check_range("lr_patience", self.lr_patience, 0, integer=True)
+        check_range("lr_factor", self.lr_factor, 0, 1, low_open=True, high_open=True)
+        check_range("min_lr", self.min_lr, 0)
+        data_mod.check_fractions(self.val_fraction, self.test_fraction)
+        check_range("pca_copies", self.pca_copies, 0, integer=True)
+        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_range("split_seed", self.split_seed, 0, 2**32 - 1, integer=True)
+        check_choice("on_error", self.on_error, images_mod.ON_ERROR)
+        check_range("workers", self.workers, 1, integer=True)
 
     def run_id(self):
         """Stable 12-hex-digit hash of everything that changes the result."""
         d = self.to_dict()
-        for key in ("runs_dir", "run_name", "workers"):
+        for key in NOT_IN_RUN_ID:
             d.pop(key)
         d["data"] = os.path.abspath(d["data"])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -231,6 +263,8 @@ class AtomicModelCheckpoint(_keras().callbacks.ModelCheckpoint):
             super()._save_model(epoch, batch, logs)
             if os.path.exists(self.filepath):
                 os.replace(self.filepath, final)
+        except OSError as exc:  # disk full, read-only: the previous best.keras stays
+            raise OutputError(f"{final}: cannot write ({exc.strerror or exc})") from None
         finally:
             if os.path.exists(self.filepath):
                 os.remove(self.filepath)
@@ -287,8 +321,13 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
                 with open(current, "rb") as f:
                     atomic_write_bytes(previous, f.read())
         tmp = os.path.join(self.backup_dir, f".tmp-{os.getpid()}.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self._weights_path)
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, self._weights_path)
+        except OSError as exc:  # disk full, read-only: the previous backup stays
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OutputError(f"{self._weights_path}: cannot write ({exc.strerror or exc})") from None
         state = {str(i): {a: _plain_number(getattr(c, a, None)) for a in _state_attrs(c)}
                  for i, c in enumerate(self.stateful)}
         atomic_write_json(self._training_metadata_path, {
@@ -361,6 +400,42 @@ class EpochLog(_keras().callbacks.Callback):
         self.log(f"epoch {epoch + 1}: {shown}")
 
 
+class ProgressBar(_keras().callbacks.Callback):
+    """One tqdm bar over every step of the run, instead of Keras' own progress bar.
+
+    Keras' bar redraws with backspaces and ANSI codes, which notebooks show as
+    rows of boxes; ``tqdm.auto`` renders as a widget in Jupyter and as one
+    updating line in a terminal (``TQDM_DISABLE=1`` hides it). A resumed run
+    starts the bar at its first unfinished epoch.
+    """
+
+    def __init__(self, epochs, steps):
+        super().__init__()
+        self.epochs, self.steps, self.bar = epochs, steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.epochs * self.steps, initial=epoch * self.steps,
+                            desc="training", unit="step")
+        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {k: f"{float(v):.4f}" for k, v in (logs or {}).items() if k in ("loss", "val_map_at_r")}
+        self.bar.set_postfix(shown)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 # --------------------------------------------------------------------------- fit
 
 
@@ -382,7 +457,14 @@ def devices():
 def prepare_data(config, log):
     """Table, split and decoded train/val arrays of a run (bad files handled per ``on_error``)."""
     bad = images_mod.BadFiles()
-    table = data_mod.load_table(config.data, on_error=config.on_error, bad=bad)
+    with warnings.catch_warnings(record=True) as notes:  # label repairs go to the run log
+        warnings.simplefilter("always", DataWarning)
+        table = data_mod.load_table(config.data, on_error=config.on_error, bad=bad)
+    for note in notes:
+        if issubclass(note.category, DataWarning):
+            log(f"note: {note.message}")
+        else:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
     split = data_mod.split_scenes(table, config.val_fraction, config.test_fraction, config.split_seed)
     size = config.embedding.image_size
     parts = {}
@@ -408,24 +490,153 @@ def remove_stale_temporaries(run_dir):
                     os.remove(os.path.join(folder, name))
 
 
+# --------------------------------------------------------------------------- run folders
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_differences(saved, config):
+    """Settings in which ``config`` differs from a run folder's saved ``TrainConfig``.
+
+    Fields in :data:`NOT_IN_RUN_ID` do not count; ``data`` compares as a
+    folder (relative or absolute).
+
+    Returns
+    -------
+    list of (name, saved value, new value), nested names dotted (``embedding.alpha``).
+    """
+    a, b = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    same_data = a["data"] == b["data"] or os.path.abspath(a["data"]) == os.path.abspath(b["data"])
+    return [(k, a.get(k), b.get(k)) for k in dict.fromkeys(list(a) + list(b))
+            if k not in NOT_IN_RUN_ID and a.get(k) != b.get(k) and not (k == "data" and same_data)]
+
+
+def _has_progress(run_dir):
+    """Whether a run folder holds anything of value: a finished epoch or a result."""
+    return any(os.path.exists(os.path.join(run_dir, *name)) for name in
+               (("history.csv",), ("best.keras",), ("metrics.json",),
+                ("backup", "training_metadata.json")))
+
+
+class RunFolder:
+    """A run folder while :func:`fit` works in it (``with RunFolder(config, run_dir) as f:``).
+
+    On entry: ``runs_dir`` is checked writable, the folder is locked
+    (:class:`~imgsim.fileio.FolderLock`: a second process training into it gets
+    a :class:`~imgsim.errors.LockedError` naming this one), and a folder made
+    with other settings is refused (:class:`~imgsim.errors.ConfigError` naming
+    the settings that differ) rather than resumed, overwritten or reported
+    as finished. ``finished`` says whether the run is already done. On an
+    error before the first epoch finished, a folder this call created is
+    removed again: a failed start leaves no stub.
+    """
+
+    def __init__(self, config, run_dir):
+        self.config, self.run_dir = config, run_dir
+        self.lock = FolderLock(run_dir, "imgsim train")
+        self.created = self.finished = False
+
+    def __enter__(self):
+        check_output_dir(self.config.runs_dir, "runs_dir")
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise ConfigError(f"run folder {self.run_dir}: is a file")
+        self.created = not os.path.exists(self.run_dir)
+        self._new_parents = []  # folders above run_dir this call creates: removed with a stub
+        parent = os.path.dirname(os.path.abspath(self.run_dir))
+        while not os.path.exists(parent):
+            self._new_parents.append(parent)
+            parent = os.path.dirname(parent)
+        try:
+            self.lock.acquire()
+        except BaseException:
+            self._remove_stub()
+            raise
+        try:
+            self.finished = self._check_settings()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def _remove_stub(self):
+        """Remove the run folder (and the parents) this call created, unless it holds progress."""
+        if not self.created or _has_progress(self.run_dir):
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for parent in self._new_parents:  # only while empty: another run may have come in
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+
+    def _check_settings(self):
+        path = os.path.join(self.run_dir, "config.json")
+        finished = os.path.exists(os.path.join(self.run_dir, "metrics.json"))
+        if not os.path.exists(path):
+            if finished or _has_progress(self.run_dir):
+                raise DataLayoutError(f"{path}: missing from a run folder with results")
+            return False
+        try:
+            saved = TrainConfig.from_dict(read_json(path))
+        except ConfigError as exc:
+            raise DataLayoutError(f"{path}: not a training configuration ({exc})") from None
+        differ = config_differences(saved, self.config)
+        if differ:
+            shown = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in differ[:6])
+            more = f"; and {len(differ) - 6} more" if len(differ) > 6 else ""
+            state = "a finished" if finished else "an unfinished"
+            raise ConfigError(
+                f"{self.run_dir}: {state} run with other settings ({shown}{more}); give "
+                f"another run_name (--run-name), or the run's own settings to "
+                f"{'reuse' if finished else 'resume'} it")
+        return finished
+
+    def __exit__(self, kind, error, trace):
+        try:
+            if kind is not None:
+                self._remove_stub()
+        finally:
+            self.lock.release()
+        return False
+
+
 def fit(config):
     """Train (or resume, or skip if finished) the run of ``config``.
+
+    The run folder is locked while training, refused if it holds a run made
+    with other settings, and removed again if the run fails before its first
+    epoch (see :class:`RunFolder`).
 
     Returns
     -------
     dict
         The run's ``metrics.json`` content plus ``run_dir``.
     """
+    config.validate()  # attributes may have been changed since construction
+    run_dir = config.run_dir()
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    with RunFolder(config, run_dir) as folder:
+        if folder.finished:
+            print(f"run {run_dir} is already finished (metrics.json exists): nothing to do",
+                  flush=True)
+            return dict(read_json(metrics_path), run_dir=run_dir)
+        return _fit(config, run_dir, metrics_path)
+
+
+def _fit(config, run_dir, metrics_path):
+    """The training of :func:`fit`, in a locked run folder."""
     keras = _keras()
     from imgsim.losses import TripletSemiHardLoss
     from imgsim.model import build_embedding_model, init_head_pca
 
-    run_dir = config.run_dir()
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        print(f"run {run_dir} is already finished (metrics.json exists): nothing to do", flush=True)
-        return dict(read_json(metrics_path), run_dir=run_dir)
-    os.makedirs(run_dir, exist_ok=True)
     remove_stale_temporaries(run_dir)
     log = RunLog(os.path.join(run_dir, "log.txt"))
     resuming = os.path.exists(os.path.join(run_dir, "backup", "training_metadata.json"))
@@ -450,7 +661,8 @@ def fit(config):
                         seed=config.seed, workers=config.workers)
     model = build_embedding_model(config.embedding)
     if config.embedding.head_init == "pca" and not resuming:
-        kept = init_head_pca(model, train_x, augment, config.pca_copies, seed=config.seed)
+        kept = init_head_pca(model, train_x, augment, config.pca_copies, seed=config.seed,
+                             progress=True)
         log(f"head initialised from the PCA of the GAP features of the training images and "
             f"{config.pca_copies} augmented copies ({kept:.1%} of their energy)")
     loss = TripletSemiHardLoss(config.margin, config.distance_metric)
@@ -464,14 +676,15 @@ def fit(config):
                                                 patience=config.lr_patience, min_lr=config.min_lr)
     callbacks = [
         RetrievalValidation(val_x, val_y, loss),
+        ProgressBar(config.epochs, steps),
         HistoryCSV(os.path.join(run_dir, "history.csv")),
         EpochLog(log),
         checkpoint, stopping, plateau,
         RunBackup(os.path.join(run_dir, "backup"), stateful=[checkpoint, stopping, plateau]),
     ]
-    # A live progress bar in a terminal or notebook, one line per epoch in logs and CI.
-    verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
-    model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    # ProgressBar draws the progress; EpochLog writes one line per epoch.
+    with quiet.tensorflow_logs():
+        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0)
 
     history = read_history(os.path.join(run_dir, "history.csv"))
     values = [float(r[monitor]) for r in history]

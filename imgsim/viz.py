@@ -1,23 +1,39 @@
 """Figures from arrays and metrics: computing happens elsewhere, drawing happens here.
 
-Every function returns a :class:`matplotlib.figure.Figure` (drawn with the
-non-interactive Agg canvas unless a notebook backend is active) and never
-runs a model. :func:`save_figure` writes a PNG atomically.
+Every function returns an :class:`InlineFigure` (a matplotlib ``Figure``
+drawn with the non-interactive Agg canvas, outside pyplot) and never runs a
+model. :func:`save_figure` writes a PNG atomically.
 """
 
 import io
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from imgsim.fileio import atomic_write_bytes
 
 INLIER_COLOUR, OUTLIER_COLOUR = "#1a9850", "#d73027"
 
 
-def _figure(*args, **kwargs):
-    from matplotlib.figure import Figure
+class InlineFigure(Figure):
+    """A matplotlib ``Figure`` that every Jupyter front end shows inline as PNG.
 
-    return Figure(*args, **kwargs)
+    Figures made outside pyplot (no figure manager, nothing left open in
+    ``pyplot``'s registry) have no display formatter unless the inline
+    backend happened to be loaded; :meth:`_repr_png_` is IPython's standard
+    hook, used by the kernel whatever the front end (JupyterLab, nbconvert,
+    papermill, Voilà). Where pyplot's inline backend is active, its own
+    formatter takes precedence and honours ``InlineBackend.figure_formats``.
+    """
+
+    def _repr_png_(self):
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def _figure(*args, **kwargs):
+    return InlineFigure(*args, **kwargs)
 
 
 def save_figure(fig, path, dpi=110):
@@ -169,7 +185,8 @@ def _palette(n):
 def image_grid(groups, title=None):
     """One row per group of thumbnails: ``[(label, [image, ...]), ...]``."""
     n_cols = max(len(images) for _, images in groups)
-    fig = _figure(figsize=(1.6 * n_cols + 1.5, 1.6 * len(groups)))
+    fig = _figure(figsize=(1.6 * n_cols + 1.5, 1.6 * len(groups) + (0.4 if title else 0)),
+                  layout="constrained")
     for r, (label, images) in enumerate(groups):
         for c, image in enumerate(images):
             ax = fig.add_subplot(len(groups), n_cols, r * n_cols + c + 1)
@@ -260,3 +277,97 @@ def camera_centres(panels, ncols=3):
         if k == 0:
             ax.legend(fontsize=7, loc="best")
     return fig
+
+
+# --------------------------------------------------------------------------- drawings at display size
+#
+# The inspector shows keypoints and matches as images of exactly the size they are displayed at
+# (no figure resampled by the browser): OpenCV draws anti-aliased marks on the photos scaled to
+# ``width`` pixels. Each function returns an (h, width, 3) uint8 array and what it drew.
+
+INLIER_RGB, OUTLIER_RGB, KEYPOINT_RGB = (26, 152, 80), (215, 48, 39), (255, 221, 0)
+
+
+def _subsample(n, cap, seed):
+    """Sorted indices of at most ``cap`` of ``n`` items, drawn without replacement (seeded)."""
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
+def _scaled(image, width):
+    """``image`` resized to ``width`` pixels wide (aspect kept) and its scale factor."""
+    import cv2
+
+    factor = width / image.shape[1]
+    height = max(1, int(round(image.shape[0] * factor)))
+    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation), factor
+
+
+def draw_keypoints(image, keypoints, width=480, max_points=300, seed=0):
+    """Keypoints (n, 2) in ``image`` pixels drawn as small circles on ``image`` shown ``width`` px wide.
+
+    Returns
+    -------
+    (canvas, shown) : ((h, width, 3) uint8 array, number of keypoints drawn — at most ``max_points``,
+    a seeded random subset when there are more)
+    """
+    import cv2
+
+    canvas, factor = _scaled(image, width)
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    keep = _subsample(len(keypoints), max_points, seed)
+    for x, y in keypoints[keep] * factor:
+        cv2.circle(canvas, (int(round(x)), int(round(y))), 3, KEYPOINT_RGB, 1, cv2.LINE_AA)
+    return canvas, len(keep)
+
+
+def draw_matches(image_a, image_b, kp_a, kp_b, matches, inlier_mask, width=960, show_outliers=False,
+                 max_lines=150, seed=0, gap=8):
+    """Two photos side by side, ``width`` px wide in all, with match lines.
+
+    Inliers are drawn green; outliers red only with ``show_outliers``. At most
+    ``max_lines`` lines are drawn (a seeded random subset of those eligible).
+
+    Parameters
+    ----------
+    kp_a, kp_b : (n, 2) keypoints in each photo's pixels
+    matches : (m, 2) int index pairs into ``kp_a`` and ``kp_b``
+    inlier_mask : (m,) bool
+
+    Returns
+    -------
+    (canvas, shown, eligible) : the (h, width, 3) uint8 array, lines drawn, lines that could be drawn
+    """
+    import cv2
+
+    half = (width - gap) // 2
+    a, fa = _scaled(image_a, half)
+    b, fb = _scaled(image_b, width - gap - half)
+    canvas = np.full((max(len(a), len(b)), width, 3), 255, np.uint8)
+    canvas[:len(a), :half] = a
+    canvas[:len(b), half + gap:] = b
+    matches = np.asarray(matches, np.int64).reshape(-1, 2)
+    inlier_mask = np.asarray(inlier_mask, bool).reshape(-1)
+    eligible = np.arange(len(matches)) if show_outliers else np.flatnonzero(inlier_mask)
+    chosen = eligible[_subsample(len(eligible), max_lines, seed)]
+    # outliers first, so inliers stay on top
+    for i in sorted(chosen, key=lambda i: inlier_mask[i]):
+        pa = np.asarray(kp_a[matches[i, 0]], np.float64) * fa
+        pb = np.asarray(kp_b[matches[i, 1]], np.float64) * fb + (half + gap, 0)
+        colour = INLIER_RGB if inlier_mask[i] else OUTLIER_RGB
+        pa, pb = tuple(int(round(v)) for v in pa), tuple(int(round(v)) for v in pb)
+        cv2.line(canvas, pa, pb, colour, 1, cv2.LINE_AA)
+        cv2.circle(canvas, pa, 2, colour, -1, cv2.LINE_AA)
+        cv2.circle(canvas, pb, 2, colour, -1, cv2.LINE_AA)
+    return canvas, len(chosen), len(eligible)
+
+
+def png_bytes(rgb):
+    """PNG-encode an (h, w, 3) uint8 RGB array."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()

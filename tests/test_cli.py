@@ -1,11 +1,14 @@
 """The command line: verbs listed, ``embed`` on a folder, errors without tracebacks."""
 
+import argparse
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from imgsim.cli import main
+from imgsim.cli import VERBS, build_parser, main
 
 
 def test_help_lists_the_verbs(capsys):
@@ -13,7 +16,7 @@ def test_help_lists_the_verbs(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for verb in ("train", "embed", "evaluate", "sweep", "demo"):
+    for verb in VERBS:
         assert verb in out
 
 
@@ -88,3 +91,53 @@ def test_score_verb_refuses_a_binary_file(tmp_path, capsys):
     assert main(["score", str(gt), str(tmp_path / "sub.csv")]) == 2
     err = capsys.readouterr().err
     assert "sub.csv: cannot read as CSV" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["reconstruct", "--help"]])
+def test_help_imports_no_tensorflow(argv):
+    """Start-up stays fast: only a verb that runs a model may import TensorFlow or Keras."""
+    code = ("import sys\nfrom imgsim.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def _options(parser):
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                yield verb, p, action
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()  # every verb's arguments
+    seen = 0
+    for verb, p, action in _options(parser):
+        assert action.help, f"imgsim {verb} {action.option_strings[0]} has no help text"
+        text = p.format_help()
+        if action.default not in (None, False) and not isinstance(action.default, bool):
+            assert f"(default: {action.default})" in " ".join(text.split()), (verb, action.dest)
+        seen += 1
+    assert seen > 50
+
+
+def test_only_the_chosen_verb_builds_its_arguments():
+    parser = build_parser(["score", "gt.csv", "sub.csv"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    built = {verb for verb, p in sub.choices.items() if any(a.dest == "quiet" for a in p._actions)}
+    assert built == {"score"}
+    args = parser.parse_args(["score", "gt.csv", "sub.csv", "--quiet"])
+    assert (args.gt, args.submission, args.quiet) == ("gt.csv", "sub.csv", True)
+
+
+def test_quiet_turns_progress_bars_and_library_logs_off():
+    """Set before the libraries load (tqdm reads its TQDM_* overrides at import), as main() does."""
+    code = ("import os\nfrom imgsim.cli import set_verbosity\nset_verbosity(-1)\nfrom tqdm.auto import tqdm\n"
+            "print(tqdm(range(3)).disable, os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['GLOG_minloglevel'])\n"
+            "set_verbosity(1)\nprint(os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['GLOG_minloglevel'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "TF_CPP", "GLOG"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "3", "2", "0", "0"]

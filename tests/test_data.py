@@ -178,7 +178,7 @@ def test_scene_with_one_image(mini_imc):
     with pytest.raises(DataLayoutError) as err:
         load_table(mini_imc)
     assert str(err.value) == (f"{mini_imc / 'train_labels.csv'}: scene '{scene}' of dataset "
-                              f"'{dataset}' has 1 image, at least 2 needed")
+                              f"'{dataset}' has 1 usable image, at least 2 needed")
 
 
 def test_header_only_empty_csv_and_empty_value(mini_imc):

@@ -66,7 +66,7 @@ def test_round_trip_and_validation():
         FusionModel().fit(x, np.ones(len(x)))
     with pytest.raises(ValueError, match="is not fitted"):
         FusionModel().predict_proba(x)
-    with pytest.raises(ConfigError, match="fusion C must be positive"):
+    with pytest.raises(ConfigError, match="fusion C must be a finite number > 0, got 0"):
         FusionConfig(C=0)
     with pytest.raises(ValueError, match="inlier ratios in"):
         pair_features([0.1], [3], [1.5])

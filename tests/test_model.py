@@ -229,7 +229,7 @@ def test_config_validation_and_round_trip():
     assert EmbeddingConfig.from_dict(SMALL.to_dict()) == SMALL
     with pytest.raises(ConfigError, match="alpha must be one of"):
         EmbeddingConfig(alpha=0.6)
-    with pytest.raises(ConfigError, match="image_size must be at least 32"):
+    with pytest.raises(ConfigError, match=r"image_size must be an integer in \[64, 1024\], got 16"):
         EmbeddingConfig(image_size=16)
     with pytest.raises(ConfigError, match="unknown EmbeddingConfig keys: colour"):
         EmbeddingConfig.from_dict({"colour": 1})

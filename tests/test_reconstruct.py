@@ -231,7 +231,13 @@ def test_report_scores_and_aligns_the_small_benchmark(small_run, tmp_path):
     summary = (report / "summary.md").read_text()
     assert f"{metrics['score']:.2f}" in summary and "church_fountain" in summary
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
-    assert metrics["info"]["church_fountain"]["registered"] == int((sub["rotation_matrix"] != "nan").sum())
+    unposed = sub["rotation_matrix"] == ";".join(["nan"] * 9)  # as Kaggle's sample_submission.csv
+    assert (unposed == (sub["translation_vector"] == "nan;nan;nan")).all()
+    assert metrics["info"]["church_fountain"]["registered"] == int((~unposed).sum())
+    for row in sub.itertuples():  # the official reader: split on ';', reshape to 3 x 3 and 3
+        np.array([float(x) for x in row.rotation_matrix.split(";")]).reshape(3, 3)
+        np.array([float(x) for x in row.translation_vector.split(";")]).reshape(3)
+    assert "score" in metrics["official"] and "Official metric" in summary
     d = metrics["datasets"]["church_fountain"]
     assert d["clusterness"] == 1.0  # no cluster holds an image of another scene (checked above)
     assert metrics["score"] > 80

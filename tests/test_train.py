@@ -65,7 +65,7 @@ def test_flip_only_augmentation_is_a_mirror(rng):
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="p and k must be at least 2"):
+    with pytest.raises(ConfigError, match="p must be an integer >= 2, got 1"):
         TrainConfig(p=1)
     with pytest.raises(ConfigError, match="monitor must be one of"):
         TrainConfig(monitor="accuracy")
