@@ -64,6 +64,26 @@ def check(scheduler=None, workers=None):
     return scheduler
 
 
+def check_reachable(scheduler, timeout=5):
+    """Raise :class:`ConfigError` unless a ``tcp://HOST:PORT`` scheduler accepts a connection.
+
+    For callers that must fail before writing anything (``imgsim sweep``
+    creates its output folder before it needs the cluster). Other protocols
+    are left to :func:`client`.
+    """
+    import re
+    import socket
+
+    match = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+)(?::(\d+))?/?", str(scheduler))
+    if match:
+        host, port = match.groups()
+        try:
+            socket.create_connection((host.strip("[]"), int(port or 8786)), timeout=timeout).close()
+        except OSError as exc:
+            raise ConfigError(f"scheduler {scheduler}: cannot connect ({exc.strerror or exc})") from None
+    return scheduler
+
+
 def _start(scheduler, workers):
     from dask.distributed import Client, LocalCluster
 

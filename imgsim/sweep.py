@@ -302,6 +302,8 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
     check_output_dir(out_root, "out_root")
     workers = None if scheduler else workers  # an existing cluster brings its own workers
     distributed.check(scheduler, workers)
+    if scheduler is not None:
+        distributed.check_reachable(scheduler)  # before the output folder is made
     experiment = load_experiment(path)
     root = os.path.join(out_root, experiment.name)
     with FolderLock(root, "imgsim sweep"):

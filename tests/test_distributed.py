@@ -231,3 +231,18 @@ def test_reconstruct_passes_the_cluster_to_embed_and_match(monkeypatch, tmp_path
     assert calls["match"]["workers"] == 2 and calls["match"]["scheduler"] is None
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         rec.ReconstructConfig(workers=-1)
+
+
+def test_check_reachable_before_any_output():
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"scheduler tcp://127.0.0.1:{port}: cannot connect"):
+        distributed.check_reachable(f"tcp://127.0.0.1:{port}", timeout=1)
+    with socket.socket() as server:  # and one that does listen passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        assert distributed.check_reachable(address, timeout=1) == address
