@@ -43,7 +43,7 @@ sweep-full: install
 	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/full.yaml
 
 imc: install
-	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/imc.yaml
+	IMGSIM_DATA=$(SHARED)/data IMGSIM_IMC_WORK=$(abspath runs/imc-work) $(PY) -m imgsim sweep experiments/imc.yaml
 
 clean:
 	rm -rf runs reports/sweeps .pytest_cache

@@ -230,7 +230,7 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
         if not os.path.exists(progress) or read_json(progress).get("done"):
             shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work, exist_ok=True)
-        config = ReconstructConfig(processes=processes, workers=workers, max_sfm_seconds=max_sfm_seconds)
+        config = ReconstructConfig(processes=processes, workers=workers, sfm={"max_seconds": max_sfm_seconds})
         monitor = StageMonitor(progress)
         restore = _watch_stages(monitor)
         try:
@@ -310,7 +310,7 @@ def compare(root, n, repeats=3, workers=2):
                 t1 = time.perf_counter()
                 pairs = pairs_stage(emb, config)
                 t2 = time.perf_counter()
-                matches = match_stage(paths, pairs, config, FeatureCache(os.path.join(work, "features")))
+                matches, _ = match_stage(paths, pairs, config, FeatureCache(os.path.join(work, "features")))
                 t3 = time.perf_counter()
                 rows.append({"repeat": r, "executor": name, "embed_s": t1 - t0, "match_s": t3 - t2,
                              "pairs": len(pairs), "load": load})

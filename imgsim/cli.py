@@ -287,38 +287,124 @@ def cmd_demo(args):
 
 
 def _add_reconstruct_args(p):
+    from imgsim.reconstruct import SIFT_DEFAULTS, ReconstructConfig
+    from imgsim.sfm import CAMERA_MODES, SfmConfig
+
+    d, sfm = ReconstructConfig(), SfmConfig()
     p.add_argument("data_root", help="IMC folder (train_labels.csv or sample_submission.csv) "
                    "or <dataset>/<image> folders")
     p.add_argument("--out", default="submission.csv", help="the submission CSV")
     p.add_argument("--work-dir", default=None, help="stage outputs, resumable (default: <out>.work)")
     p.add_argument("--datasets", nargs="+", default=None, help="only these datasets")
-    p.add_argument("--shortlist-k", type=int, default=10, help="neighbours per image by embedding")
+    p.add_argument("--shortlist-k", type=int, default=d.shortlist_k, help="neighbours per image by embedding")
     p.add_argument("--shortlist-index", default="auto", choices=["auto", "exact", "ivf", "hnsw", "ivfpq"],
                    help="how neighbours are found: exact, or an approximate FAISS index "
                         "(auto: exact up to 20,000 images per dataset)")
     p.add_argument("--all-pairs", action="store_true", help="match all pairs (no shortlist)")
-    p.add_argument("--all-pairs-up-to", type=int, default=20,
+    p.add_argument("--all-pairs-up-to", type=int, default=d.all_pairs_up_to,
                    help="datasets this small match all pairs anyway")
-    p.add_argument("--min-inliers", type=int, default=30, help="verified matches for a graph edge")
-    p.add_argument("--min-cluster-size", type=int, default=3, help="smaller clusters are outliers")
     p.add_argument("--model", default=None, help="a .keras model (default: ImageNet GAP)")
-    p.add_argument("--image-size", type=int, default=224, help="input side of the ImageNet default")
-    p.add_argument("--sift-features", type=int, default=4000, help="SIFT features per image")
-    p.add_argument("--sift-max-side", type=int, default=1024, help="longest side SIFT sees, in pixels")
-    p.add_argument("--processes", type=int, default=None, help="matching processes and COLMAP threads (default: every core)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="input side of the ImageNet default")
+    p.add_argument("--processes", type=int, default=None,
+                   help="matching processes and COLMAP threads (default: every core)")
     _add_dask_args(p, "embed and match")
+    g = p.add_argument_group("matching (SIFT)")
+    g.add_argument("--sift-features", type=int, default=SIFT_DEFAULTS["n_features"],
+                   help="SIFT features per image")
+    g.add_argument("--sift-max-side", type=int, default=SIFT_DEFAULTS["max_side"],
+                   help="longest side SIFT sees, in pixels")
+    g.add_argument("--static-px", type=float, default=SIFT_DEFAULTS["static_px"],
+                   help="matches moving less than this (pixels) between same-size photos are "
+                        "a still backdrop or watermark: dropped (0: keep)")
+    g = p.add_argument_group("clustering (the match graph)")
+    g.add_argument("--min-inliers", type=int, default=d.min_inliers,
+                   help="effective inliers for a graph edge")
+    g.add_argument("--min-cluster-size", type=int, default=d.min_cluster_size,
+                   help="smaller clusters are outliers")
+    g.add_argument("--cluster-method", choices=("louvain", "components"), default=d.cluster_method,
+                   help="communities merged back by conductance, or connected components")
+    g.add_argument("--planar-weight", type=float, default=d.planar_weight,
+                   help="what an inlier one homography explains counts, in [0, 1]")
+    g.add_argument("--min-spread", type=float, default=d.min_spread,
+                   help="pairs whose inliers cover less of an image (fraction of 8x8 cells) count 0")
+    g.add_argument("--min-best-inliers", type=float, default=d.min_best_inliers,
+                   help="an image whose strongest edge is weaker is an outlier")
+    g.add_argument("--max-conductance", type=float, default=d.max_conductance,
+                   help="communities joined at least this strongly are merged")
+    g.add_argument("--min-bridge-images", type=int, default=d.min_bridge_images,
+                   help="communities whose cut touches this many images on each side are merged")
+    g.add_argument("--louvain-resolution", type=float, default=d.louvain_resolution,
+                   help="Louvain resolution (larger: smaller communities before merging)")
+    g.add_argument("--fusion-model", default=None,
+                   help="JSON of a fitted fusion model (FusionModel.to_dict or an evaluate "
+                        "metrics.json): its same-scene probability weighs each edge")
+    g = p.add_argument_group("structure from motion (pycolmap)")
+    g.add_argument("--sfm-features", type=int, default=None,
+                   help="SIFT features per image for SfM: re-match each cluster's verified "
+                        "pairs at this budget (default: the matching features)")
+    g.add_argument("--sfm-max-side", type=int, default=None,
+                   help="longest side of SfM's SIFT, in pixels (default: --sift-max-side)")
+    g.add_argument("--camera-mode", choices=CAMERA_MODES, default=sfm.camera_mode,
+                   help="auto: share a camera between images of one size and EXIF camera; "
+                        "single: one camera per image size; per_image")
+    g.add_argument("--no-exif-focal", action="store_true",
+                   help="ignore EXIF focal lengths (default: use them as priors)")
+    g.add_argument("--init-min-inliers", type=int, default=sfm.init_min_num_inliers,
+                   help="inliers of COLMAP's initial pair")
+    g.add_argument("--init-min-tri-angle", type=float, default=sfm.init_min_tri_angle,
+                   help="triangulation angle of the initial pair, degrees")
+    g.add_argument("--init-num-trials", type=int, default=sfm.init_num_trials,
+                   help="initial pairs tried per model")
+    g.add_argument("--init-max-forward-motion", type=float, default=sfm.init_max_forward_motion,
+                   help="refuse initial pairs moving more along the view than this, in [0, 1]")
+    g.add_argument("--abs-pose-min-inliers", type=int, default=sfm.abs_pose_min_num_inliers,
+                   help="2D-3D inliers to register an image")
+    g.add_argument("--abs-pose-min-ratio", type=float, default=sfm.abs_pose_min_inlier_ratio,
+                   help="2D-3D inlier ratio to register an image")
+    g.add_argument("--single-model", action="store_true",
+                   help="one model per cluster (default: new models from what a model leaves out)")
+    g.add_argument("--retry-below", type=float, default=sfm.retry_below,
+                   help="map again from relaxed initial-pair thresholds when the largest model "
+                        "holds less than this fraction of its cluster (0: never)")
+    g.add_argument("--no-leftovers", action="store_true",
+                   help="skip the second pass that registers unplaced images into the largest "
+                        "model with relaxed thresholds")
+    g.add_argument("--max-sfm-seconds", type=float, default=sfm.max_seconds,
+                   help="time limit of one mapping run (0: none)")
+
+
+def reconstruct_config(args):
+    """The :class:`~imgsim.reconstruct.ReconstructConfig` of parsed ``reconstruct`` arguments."""
+    from imgsim.reconstruct import ReconstructConfig
+
+    sfm_sift = {k: v for k, v in (("n_features", args.sfm_features), ("max_side", args.sfm_max_side))
+                if v is not None}
+    sfm = {"camera_mode": args.camera_mode, "exif_focal": not args.no_exif_focal,
+           "init_min_num_inliers": args.init_min_inliers, "init_min_tri_angle": args.init_min_tri_angle,
+           "init_num_trials": args.init_num_trials, "init_max_forward_motion": args.init_max_forward_motion,
+           "abs_pose_min_num_inliers": args.abs_pose_min_inliers,
+           "abs_pose_min_inlier_ratio": args.abs_pose_min_ratio, "multiple_models": not args.single_model,
+           "retry_below": args.retry_below, "register_leftovers": not args.no_leftovers,
+           "max_seconds": args.max_sfm_seconds}
+    return ReconstructConfig(
+        shortlist_k=0 if args.all_pairs else args.shortlist_k, shortlist_index=args.shortlist_index,
+        all_pairs_up_to=args.all_pairs_up_to,
+        min_inliers=args.min_inliers, min_cluster_size=args.min_cluster_size, model=args.model,
+        image_size=args.image_size, processes=args.processes,
+        sift={"max_side": args.sift_max_side, "n_features": args.sift_features,
+              "static_px": args.static_px},
+        cluster_method=args.cluster_method, planar_weight=args.planar_weight,
+        min_spread=args.min_spread, min_best_inliers=args.min_best_inliers,
+        max_conductance=args.max_conductance, min_bridge_images=args.min_bridge_images,
+        louvain_resolution=args.louvain_resolution,
+        fusion_model=args.fusion_model, sfm_sift=sfm_sift or None, sfm=sfm,
+        scheduler=args.scheduler, workers=args.workers)
 
 
 def cmd_reconstruct(args):
-    from imgsim.reconstruct import ReconstructConfig, reconstruct
+    from imgsim.reconstruct import reconstruct
 
-    sift = {"max_side": args.sift_max_side, "n_features": args.sift_features}
-    config = ReconstructConfig(shortlist_k=0 if args.all_pairs else args.shortlist_k,
-                               shortlist_index=args.shortlist_index,
-                               all_pairs_up_to=args.all_pairs_up_to, min_inliers=args.min_inliers,
-                               min_cluster_size=args.min_cluster_size, model=args.model,
-                               image_size=args.image_size, sift=sift, processes=args.processes,
-                               scheduler=args.scheduler, workers=args.workers)
+    config = reconstruct_config(args)  # every setting checked before any work
     result = reconstruct(args.data_root, args.out, work_dir=args.work_dir, config=config,
                          datasets=args.datasets)
     registered = sum(info["registered"] for info in result["info"].values())

@@ -1,8 +1,9 @@
 """The Image Matching Challenge task: split each dataset into scenes and pose every image.
 
 One step per stage, in the shape of hloc's modules; each stage writes its
-output atomically under ``work_dir/<dataset>/`` and a killed run resumes from
-the last finished stage:
+output atomically under ``work_dir/<dataset>/``, keyed by the content of the
+images (SHA-256) and every setting it depends on, and a killed run resumes
+from the last finished stage:
 
 1. **embed** — global descriptors (:func:`imgsim.model.embed`; the ImageNet
    GAP baseline unless a trained model is given) → ``embeddings.npy``.
@@ -12,14 +13,16 @@ the last finished stage:
    when the dataset has at most ``all_pairs_up_to`` images or ``shortlist_k``
    is 0 → ``pairs.json``.
 3. **match** — SIFT features (cached by content under ``work_dir/features``),
-   ratio-test matches and MAGSAC verification in a process pool
-   (:func:`imgsim.sift.score_pairs`) → ``matches.npz`` (verified matches only).
-4. **cluster** — the graph whose edges are pairs with at least ``min_inliers``
-   verified matches; its connected components of at least
-   ``min_cluster_size`` images are the candidate scenes → ``clusters.json``.
-5. **sfm** — per component, a COLMAP database holding imgsim's keypoints and
-   verified matches (no COLMAP feature extraction or matching), then
-   incremental mapping with :mod:`pycolmap` → ``sfm/<component>/poses.json``.
+   ratio-test matches, static matches dropped, MAGSAC verification in a process
+   pool (:func:`imgsim.sift.score_pairs`), and each pair's evidence
+   (:func:`imgsim.sift.pair_evidence`: inliers one homography explains, spread
+   over the image) → ``matches.npz``.
+4. **cluster** — the match graph weighed by evidence and split into scenes,
+   weak images left out (:func:`imgsim.graph.cluster_graph`) → ``clusters.json``.
+5. **sfm** — per cluster, optionally new features and matches at the SfM
+   budget (``sfm_sift``), then a COLMAP database written by imgsim (a camera
+   per image or per EXIF camera, EXIF focal priors) and incremental mapping
+   (:func:`imgsim.sfm.map_cluster`) → ``sfm.json``.
 
 The match stage keeps its pair chunks under ``work_dir/features/pairs``, so a
 run killed inside it resumes inside it. With ``workers`` or ``scheduler`` the
@@ -27,15 +30,19 @@ embed and match stages run on Dask (:mod:`imgsim.distributed`; embeddings in
 content-keyed shards under ``work_dir/embeddings``); the other stages run here.
 
 Each reconstructed model with at least ``min_cluster_size`` images becomes one
-predicted scene; images registered in none are ``outliers`` with ``nan``
-poses (an image placed in no cluster costs no clusterness, and an unposed image
-scores the same in mAA wherever it is put). Poses follow COLMAP's and IMC's
-convention: a world point X maps to camera coordinates as ``R X + t``.
+predicted scene; images registered in none are ``outliers`` with no pose
+(``nan;nan;nan;nan;nan;nan;nan;nan;nan`` and ``nan;nan;nan``, as Kaggle's
+``sample_submission.csv`` and the official reader need; an image placed in
+no cluster costs no clusterness, and an unposed image scores the same in mAA
+wherever it is put). Poses follow COLMAP's and IMC's convention: a world point X
+maps to camera coordinates as ``R X + t``.
 """
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import time
@@ -45,18 +52,22 @@ import numpy as np
 import pandas as pd
 
 from imgsim import distributed
-from imgsim.config import DictConfig
-from imgsim.images import IMAGE_EXTENSIONS
+from imgsim.config import DictConfig, check_choice, check_range
+from imgsim.images import IMAGE_EXTENSIONS, file_digest
 from imgsim.errors import ConfigError, DataLayoutError, WeightsNotFoundError
-from imgsim.graph import connected_components
+from imgsim.graph import METHODS, cluster_graph, edge_evidence
 from imgsim.model import check_image_size
 from imgsim.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from imgsim.sfm import SfmConfig
 from imgsim.sift import FeatureCache, SiftConfig
 
 SUBMISSION_COLUMNS = ("image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector")
 OUTLIERS = "outliers"
 STAGES = ("embed", "pairs", "match", "cluster", "sfm")
 SHORTLIST_INDEXES = ("auto", "exact", "ivf", "hnsw", "ivfpq")
+# SIFT settings of the match stage unless ``ReconstructConfig.sift`` says otherwise.
+SIFT_DEFAULTS = {"max_side": 1024, "n_features": 4000, "static_px": 1.0}
+EVIDENCE = ("n_matches", "n_static", "n_backdrop", "n_planar", "spread")  # per pair, beside the inliers
 
 
 @dataclass
@@ -75,22 +86,50 @@ class ReconstructConfig(DictConfig):
     all_pairs_up_to : int
         Datasets with at most this many images match all pairs anyway.
     min_inliers : int
-        Verified matches for a pair to join two images in the match graph.
+        Effective inliers (:func:`imgsim.graph.edge_evidence`) for a pair to
+        join two images in the match graph.
     min_cluster_size : int
-        Smaller components and models are outliers (COLMAP needs 3 images to
+        Smaller clusters and models are outliers (COLMAP needs 3 images to
         register anything beyond the initial pair reliably).
     model : str or None
         A trained ``.keras`` embedding model; None uses the ImageNet GAP baseline.
     image_size : int
         Input side of the ImageNet baseline.
     sift : dict
-        :class:`~imgsim.sift.SiftConfig` fields (defaults otherwise).
+        :class:`~imgsim.sift.SiftConfig` fields of the match stage, over
+        ``SIFT_DEFAULTS`` (static matches dropped at 1 px).
     processes : int or None
         Matching processes and COLMAP threads; None: every core.
-    camera_mode : {"auto", "single", "per_image"}
-        How COLMAP groups images into cameras (``auto``: by size and EXIF).
-    max_sfm_seconds : float
-        Time limit of each component's incremental mapping (0: none).
+    cluster_method : {"louvain", "components"}
+        Split components into communities merged back by conductance, or
+        keep connected components (:func:`imgsim.graph.cluster_graph`).
+    planar_weight : float
+        In [0, 1]: what an inlier that one homography explains counts.
+    min_spread : float
+        Pairs whose inliers cover less of either image (fraction of an 8 × 8
+        grid's cells) count nothing.
+    min_best_inliers : float
+        An image whose strongest edge has fewer effective inliers is an outlier.
+    max_conductance : float
+        Communities joined at least this strongly are merged.
+    min_bridge_images : int
+        Communities whose cut touches at least this many images on each side
+        are merged (a weak bridge rests on fewer).
+    louvain_resolution : float
+        Louvain's resolution.
+    fusion_model : str or None
+        A JSON file of a fitted :class:`~imgsim.fusion.FusionModel`
+        (``FusionModel.to_dict()``, or an evaluate ``metrics.json`` holding it
+        under ``fusion``); its same-scene probability scales each edge's
+        evidence and drops pairs below 0.5. It must come from the same
+        embedding model as ``model``.
+    sfm_sift : dict or None
+        SIFT settings of the features SfM uses, e.g. ``{"max_side": 1600,
+        "n_features": 8000}``: each cluster's pairs with a verified edge are
+        matched again at that budget (None: SfM uses the match stage's).
+    sfm : dict
+        :class:`~imgsim.sfm.SfmConfig` fields (cameras, EXIF focal priors,
+        mapper thresholds, retries, leftover registration).
     scheduler : str or None
         Embed and match on an existing Dask cluster (``tcp://HOST:PORT``); the
         work dir (feature cache, embedding shards), the images and ``model``
@@ -106,34 +145,69 @@ class ReconstructConfig(DictConfig):
     min_cluster_size: int = 3
     model: str = None
     image_size: int = 224
-    sift: dict = field(default_factory=lambda: {"max_side": 1024, "n_features": 4000})
+    sift: dict = field(default_factory=dict)
     processes: int = None
-    camera_mode: str = "auto"
-    max_sfm_seconds: float = 0
+    cluster_method: str = "louvain"
+    planar_weight: float = 0.5
+    min_spread: float = 0.0
+    min_best_inliers: float = 0.0
+    max_conductance: float = 0.05
+    min_bridge_images: int = 2
+    louvain_resolution: float = 1.0
+    fusion_model: str = None
+    sfm_sift: dict = None
+    sfm: dict = field(default_factory=dict)
     scheduler: str = None
     workers: int = None
 
     def __post_init__(self):
+        super().__post_init__()  # the field types
         for name, least in (("shortlist_k", 0), ("all_pairs_up_to", 0), ("min_inliers", 1),
-                            ("min_cluster_size", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.shortlist_index not in SHORTLIST_INDEXES:
-            raise ConfigError(f"shortlist_index must be one of {SHORTLIST_INDEXES}, "
-                              f"got {self.shortlist_index!r}")
-        if self.camera_mode not in ("auto", "single", "per_image"):
-            raise ConfigError(f"camera_mode must be 'auto', 'single' or 'per_image', "
-                              f"got {self.camera_mode!r}")
-        self.sift_config()  # validates the SIFT settings now, not after embedding
-        check_image_size(self.image_size)  # and the embedding's, before any work
+                            ("min_cluster_size", 2), ("min_bridge_images", 1)):
+            check_range(name, getattr(self, name), least, integer=True)
+        if self.processes is not None:
+            check_range("processes", self.processes, 1, integer=True)
+        check_choice("cluster_method", self.cluster_method, METHODS)
+        for name, low, high in (("planar_weight", 0, 1), ("min_spread", 0, 1),
+                                ("min_best_inliers", 0, None), ("max_conductance", 0, 1)):
+            check_range(name, getattr(self, name), low, high)
+        check_range("louvain_resolution", self.louvain_resolution, 0, low_open=True)
+        check_image_size(self.image_size)  # the embedding's, before any work
         if self.model is not None and not os.path.isfile(self.model):
             raise WeightsNotFoundError(f"{self.model}: model file does not exist")
+        if self.fusion_model is not None and not os.path.isfile(self.fusion_model):
+            raise ConfigError(f"fusion_model: {self.fusion_model}: no such file")
+        # validate the nested settings now, not after embedding
+        self.sift_config(), self.sfm_config(), self.sfm_sift_config(), self.fusion()
+        check_choice("shortlist_index", self.shortlist_index, SHORTLIST_INDEXES)
         if self.on_dask():
             distributed.check(self.scheduler, self.workers)
 
     def sift_config(self):
-        return SiftConfig.from_dict(dict(self.sift))
+        """The match stage's :class:`~imgsim.sift.SiftConfig` (``SIFT_DEFAULTS`` under ``sift``)."""
+        return SiftConfig.from_dict({**SIFT_DEFAULTS, **dict(self.sift or {})})
+
+    def sfm_sift_config(self):
+        """SfM's SiftConfig: ``sfm_sift`` over the match stage's settings, or None."""
+        if self.sfm_sift is None:
+            return None
+        return SiftConfig.from_dict({**self.sift_config().to_dict(), **dict(self.sfm_sift)})
+
+    def sfm_config(self):
+        return SfmConfig.from_dict(dict(self.sfm or {}))
+
+    def fusion(self):
+        """The fitted :class:`~imgsim.fusion.FusionModel` of ``fusion_model``, or None."""
+        if self.fusion_model is None:
+            return None
+        from imgsim.fusion import FusionModel
+
+        try:
+            stored = read_json(self.fusion_model)
+            return FusionModel.from_dict(stored.get("fusion", stored))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"fusion_model: {self.fusion_model}: not a fitted fusion model "
+                              f"({type(exc).__name__}: {exc})") from None
 
     def on_dask(self):
         """Whether the embed and match stages run on Dask."""
@@ -236,79 +310,126 @@ def pairs_stage(embeddings, config):
     return shortlist_pairs(embeddings, config.shortlist_k, config.shortlist_index)
 
 
-def match_stage(paths, pairs, config, cache):
-    """Verified matches of each pair: a list of uint32 arrays of shape (n_inliers, 2)."""
+def match_stage(paths, pairs, config, cache, sift_config=None):
+    """Verified matches and evidence of each pair.
+
+    Parameters
+    ----------
+    paths : list of str
+    pairs : list of (int, int)
+    config : ReconstructConfig
+    cache : imgsim.sift.FeatureCache
+    sift_config : SiftConfig, optional
+        Default ``config.sift_config()``.
+
+    Returns
+    -------
+    matches : list of uint32 arrays of shape (n_inliers, 2)
+        Verified inliers, those on a still backdrop removed.
+    evidence : dict of arrays of shape (len(pairs),)
+        ``n_matches`` (ratio-test matches), ``n_static`` (of them, dropped as
+        static before verification), ``n_backdrop`` (verified inliers on a
+        backdrop keypoint, :func:`imgsim.sift.backdrop_keypoints`, removed),
+        ``n_planar`` and ``spread`` of the rest (:func:`imgsim.sift.pair_evidence`).
+    """
     from imgsim.sift import score_pairs
 
-    results = score_pairs([(paths[i], paths[j]) for i, j in pairs], config.sift_config(), cache,
+    sift_config = sift_config or config.sift_config()
+    results = score_pairs([(paths[i], paths[j]) for i, j in pairs], sift_config, cache,
                           config.processes, progress=True, keep_matches=True,
                           workers=config.workers, scheduler=config.scheduler)
-    return [inliers for _, inliers in results]
+    matches, evidence = match_evidence(paths, pairs, [inliers for _, inliers in results], sift_config,
+                                       cache, config.min_inliers, config.processes)
+    evidence["n_matches"] = np.array([score.n_matches for score, _ in results], np.int64)
+    evidence["n_static"] = np.array([score.n_static for score, _ in results], np.int64)
+    return matches, evidence
 
 
-def cluster_stage(n, pairs, matches, config):
-    """Components of the verified-match graph with at least ``min_cluster_size`` images."""
-    edges = [pair for pair, m in zip(pairs, matches) if len(m) >= config.min_inliers]
-    return [c for c in connected_components(n, edges) if len(c) >= config.min_cluster_size]
+def match_evidence(paths, pairs, matches, sift_config, cache, min_moving, threads=None):
+    """Backdrop inliers removed, then :func:`imgsim.sift.pair_evidence` of each pair, in threads.
 
-
-def _pycolmap():
-    """Import pycolmap, keeping SIGTERM's handler as it was.
-
-    pycolmap's glog installs a failure handler that prints a stack trace for
-    SIGTERM, so a Jupyter kernel stopped the normal way (papermill, nbval)
-    would look as if it had crashed.
+    Returns
+    -------
+    matches : list of uint32 arrays (the inliers not on a backdrop keypoint)
+    evidence : dict with ``n_backdrop``, ``n_planar`` (int64) and ``spread``
+    (float64) arrays of shape (len(pairs),).
     """
-    import signal
+    from concurrent.futures import ThreadPoolExecutor
 
-    previous = signal.getsignal(signal.SIGTERM)
-    import pycolmap
+    from imgsim.sift import backdrop_keypoints, pair_evidence
 
-    try:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-    except ValueError:  # not the main thread: leave it
-        pass
-    return pycolmap
+    loaded = {}
+
+    def features(i):  # the last few images' full features (pairs come sorted by image)
+        if i not in loaded:
+            if len(loaded) >= 64:
+                loaded.pop(next(iter(loaded)))
+            loaded[i] = cache.get(paths[i], sift_config)
+        return loaded[i]
+
+    marks = backdrop_keypoints(features, pairs, [len(m) for m in matches], sift_config.static_px,
+                               min_moving)
+    cleaned, n_backdrop = [], np.zeros(len(pairs), np.int64)
+    for k, ((a, b), inliers) in enumerate(zip(pairs, matches)):
+        on = np.zeros(len(inliers), bool)
+        for image, column in ((a, 0), (b, 1)):
+            if image in marks:
+                on |= marks[image][inliers[:, column].astype(np.int64)]
+        cleaned.append(inliers[~on])
+        n_backdrop[k] = int(on.sum())
+    light = {}
+    for i in sorted({i for pair in pairs for i in pair}):  # keypoints only: little memory
+        f = features(i)
+        light[i] = dataclasses.replace(f, descriptors=f.descriptors[:0], scales=f.scales[:0],
+                                       angles=f.angles[:0])
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        found = list(pool.map(lambda k: pair_evidence(light[pairs[k][0]], light[pairs[k][1]],
+                                                      cleaned[k], sift_config), range(len(pairs))))
+    return cleaned, {"n_backdrop": n_backdrop,
+                     "n_planar": np.array([p for p, _ in found], np.int64).reshape(-1),
+                     "spread": np.array([c for _, c in found], np.float64).reshape(-1)}
 
 
-def _write_database(database, image_dir, names, features, pairs, matches, camera_mode):
-    pycolmap = _pycolmap()
+def edge_weights(pairs, matches, evidence, config, embeddings=None):
+    """Effective inliers of each pair (:func:`imgsim.graph.edge_evidence` with ``config``'s settings).
 
-    from imgsim.images import displayed_to_stored
+    ``embeddings`` (n, dim) give the fusion model its distances; needed only
+    with ``config.fusion_model``.
+    """
+    n_inliers = np.array([len(m) for m in matches], np.int64)
+    probability = None
+    fusion = config.fusion()
+    if fusion is not None and len(pairs):
+        from imgsim.fusion import pair_features
 
-    modes = {"auto": pycolmap.CameraMode.AUTO, "single": pycolmap.CameraMode.SINGLE,
-             "per_image": pycolmap.CameraMode.PER_IMAGE}
-    pycolmap.Database.open(database).close()  # creates the empty database
-    pycolmap.import_images(database, image_dir, modes[camera_mode], image_names=list(names))
-    with pycolmap.Database.open(database) as db:
-        ids = {image.name: image.image_id for image in db.read_all_images()}
-        for name, feats in zip(names, features):
-            # imgsim's keypoints are in the EXIF-oriented photo with pixel centres at integers;
-            # COLMAP reads the stored pixel grid and puts pixel centres at +0.5
-            stored = displayed_to_stored(feats.keypoints, os.path.join(image_dir, name))
-            db.write_keypoints(ids[name], (stored + 0.5).astype(np.float32))
-        for (a, b), inliers in zip(pairs, matches):
-            inliers = np.ascontiguousarray(inliers, np.uint32).reshape(-1, 2)
-            db.write_matches(ids[names[a]], ids[names[b]], inliers)
-            geometry = pycolmap.TwoViewGeometry()
-            geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
-            geometry.inlier_matches = inliers
-            db.write_two_view_geometry(ids[names[a]], ids[names[b]], geometry)
+        a, b = np.asarray(pairs).T
+        distances = np.linalg.norm(np.asarray(embeddings)[a] - np.asarray(embeddings)[b], axis=1)
+        ratios = np.where(evidence["n_matches"] > 0, n_inliers / np.maximum(evidence["n_matches"], 1), 0)
+        probability = fusion.predict_proba(pair_features(distances, n_inliers, ratios))
+    return edge_evidence(n_inliers, evidence["n_planar"], evidence["spread"], config.planar_weight,
+                         config.min_spread, probability)
 
 
-def sfm_stage(folder, image_dir, names, features, pairs, matches, config):
-    """Incremental SfM of one component with pycolmap.
+def cluster_stage(n, pairs, matches, evidence, config, embeddings=None):
+    """Clusters of the match graph with at least ``min_cluster_size`` images (lists of indices)."""
+    return cluster_graph(n, pairs, edge_weights(pairs, matches, evidence, config, embeddings),
+                         config.min_inliers, config.min_best_inliers, config.min_cluster_size,
+                         config.cluster_method, config.max_conductance, config.min_bridge_images,
+                         config.louvain_resolution)
+
+
+def sfm_stage(folder, paths, features, pairs, matches, config):
+    """Incremental SfM of one cluster (:func:`imgsim.sfm.map_cluster`).
 
     Parameters
     ----------
     folder : str
-        Scratch folder of this component (database and models).
-    image_dir : str
-        Folder the image ``names`` are relative to.
-    names : list of str
+        Scratch folder of this cluster (database and models).
+    paths : list of str
+        The cluster's image files.
     features : list of imgsim.sift.Features
     pairs : list of (int, int)
-        Indices into ``names``.
+        Indices into ``paths``.
     matches : list of uint32 arrays of shape (m, 2)
     config : ReconstructConfig
 
@@ -317,38 +438,16 @@ def sfm_stage(folder, image_dir, names, features, pairs, matches, config):
     list of dict
         One per model, largest first: ``{name: {"R": 3×3 list, "t": 3 list}}``.
     """
-    pycolmap = _pycolmap()
+    from imgsim.images import displayed_to_stored
+    from imgsim.sfm import image_camera, map_cluster
 
-    os.makedirs(folder, exist_ok=True)
-    database = os.path.join(folder, "database.db")
-    if os.path.exists(database):  # a half-written one from a killed run
-        os.remove(database)
-    _write_database(database, image_dir, names, features, pairs, matches, config.camera_mode)
-    options = pycolmap.IncrementalPipelineOptions()
-    options.min_model_size = config.min_cluster_size
-    options.extract_colors = False
-    options.num_threads = config.processes or os.cpu_count() or 1
-    options.random_seed = 0
-    if config.max_sfm_seconds:
-        options.max_runtime_seconds = float(config.max_sfm_seconds)
-    models_dir = os.path.join(folder, "models")
-    os.makedirs(models_dir, exist_ok=True)
-    level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 1  # COLMAP's per-image INFO lines would drown the progress bars
-    try:
-        reconstructions = pycolmap.incremental_mapping(database, image_dir, models_dir, options)
-    finally:
-        pycolmap.logging.minloglevel = level
-    models = []
-    for rec in reconstructions.values():
-        poses = {}
-        for image in rec.images.values():
-            if image.has_pose:
-                pose = image.cam_from_world()
-                poses[image.name] = {"R": pose.rotation.matrix().tolist(),
-                                     "t": np.asarray(pose.translation).tolist()}
-        models.append(poses)
-    return sorted(models, key=len, reverse=True)
+    sfm = config.sfm_config()
+    cameras = [image_camera(p, sfm.exif_focal) for p in paths]
+    # imgsim's keypoints are in the EXIF-oriented photo with pixel centres at integers;
+    # COLMAP reads the stored pixel grid and puts pixel centres at +0.5
+    keypoints = [displayed_to_stored(f.keypoints, p) + 0.5 for f, p in zip(features, paths)]
+    return map_cluster(folder, [os.path.basename(p) for p in paths], cameras, keypoints, pairs,
+                       matches, sfm, config.min_cluster_size, config.processes or os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- assembly
@@ -386,67 +485,78 @@ def _join(values, size):
     return ";".join(f"{v:.9g}" for v in np.asarray(values, float).ravel())
 
 
-def _stage(file, timings, name, compute, read, write):
-    """Read a finished stage's output, or compute and write it, timing the work."""
+def _stage(file, timings, compute, read, write):
+    """Read a finished stage's output, or compute and write it; ``timings[file name]`` = seconds."""
     if os.path.exists(file):
         return read(file)
     start = time.perf_counter()
     value = compute()
     write(file, value)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    timings[os.path.basename(file)] = time.perf_counter() - start
     return value
 
 
 def _save_npy(file, array):
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(file, buffer.getvalue())
 
 
-def _save_matches(file, matches):
-    import io
-
+def _save_matches(file, value):
+    matches, evidence = value
     buffer = io.BytesIO()
     counts = np.array([len(m) for m in matches], np.int64)
     flat = np.concatenate([np.asarray(m, np.uint32).reshape(-1, 2) for m in matches] or
                           [np.zeros((0, 2), np.uint32)])
-    np.savez(buffer, counts=counts, matches=flat)
+    np.savez(buffer, counts=counts, matches=flat, **{k: np.asarray(evidence[k]) for k in EVIDENCE})
     atomic_write_bytes(file, buffer.getvalue())
 
 
 def _load_matches(file):
     with np.load(file) as z:
         counts, flat = z["counts"], z["matches"]
-    return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
+        evidence = {k: z[k] for k in EVIDENCE}
+    return (np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []), evidence
+
+
+def _digest_or_none(path):
+    return file_digest(path) if path else None
 
 
 def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     """All stages for one dataset; returns ({image name: (scene, R, t)}, timings, info).
 
+    ``timings`` gives each stage's compute time in seconds for these settings,
+    also when its output was read from an earlier run's work dir.
+
     ``model`` is a callable returning the embedding model, called only when
     the embed stage is not on disk yet (default: :func:`embedding_model`).
     """
+    from tqdm.auto import tqdm
+
     model = model or (lambda: embedding_model(config))
     names = [os.path.basename(p) for p in paths]
-    image_dir = os.path.dirname(paths[0])
-    if any(os.path.dirname(p) != image_dir for p in paths):
-        raise DataLayoutError(f"dataset {name}: images must share one folder")
+    if len(set(names)) != len(names):
+        raise DataLayoutError(f"dataset {name}: two images share a file name")
     folder = os.path.join(work_dir, name)
     os.makedirs(folder, exist_ok=True)
-    timings_file = os.path.join(folder, "timings.json")
+    timings_file = os.path.join(folder, "timings.json")  # seconds each stage file took to compute
     timings = read_json(timings_file) if os.path.exists(timings_file) else {}
-    files_key = [(n, os.path.getsize(p)) for n, p in zip(names, paths)]
-    k_embed = _key(files_key, config.model, config.image_size)
+    used = {}  # stage -> the file this run's settings use
+    # content, not name and size: a replaced photo of the same size is never served stale
+    files_key = [(n, file_digest(p)) for n, p in zip(names, paths)]
+    sift, sfm_sift = config.sift_config(), config.sfm_sift_config()
+    k_embed = _key(files_key, _digest_or_none(config.model), config.image_size)
     k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to, config.shortlist_index)
-    k_match = _key(k_pairs, config.sift)
-    k_cluster = _key(k_match, config.min_inliers, config.min_cluster_size)
-    k_sfm = _key(k_cluster, config.camera_mode, config.max_sfm_seconds)
+    k_match = _key(k_pairs, sift.to_dict(), EVIDENCE, config.min_inliers)
+    k_cluster = _key(k_match, config.min_inliers, config.min_cluster_size, config.cluster_method,
+                     config.planar_weight, config.min_spread, config.min_best_inliers,
+                     config.max_conductance, config.min_bridge_images, config.louvain_resolution,
+                     _digest_or_none(config.fusion_model))
 
     def run(stage, key, ext, compute, read, write):
-        result = _stage(os.path.join(folder, f"{stage}-{key}.{ext}"), timings, stage, compute,
-                        read, write)
+        used[stage] = f"{stage}-{key}.{ext}"
+        result = _stage(os.path.join(folder, used[stage]), timings, compute, read, write)
         atomic_write_json(timings_file, timings)
         return result
 
@@ -455,35 +565,61 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
                                          os.path.join(work_dir, "embeddings")), np.load, _save_npy)
     pairs = run("pairs", k_pairs, "json", lambda: pairs_stage(embeddings, config),
                 lambda f: [tuple(p) for p in read_json(f)], atomic_write_json)
-    matches = run("match", k_match, "npz", lambda: match_stage(paths, pairs, config, cache),
-                  _load_matches, _save_matches)
-    components = run("cluster", k_cluster, "json",
-                     lambda: cluster_stage(len(paths), pairs, matches, config),
-                     read_json, atomic_write_json)
+    matches, evidence = run("match", k_match, "npz", lambda: match_stage(paths, pairs, config, cache),
+                            _load_matches, _save_matches)
+    clusters = run("cluster", k_cluster, "json",
+                   lambda: cluster_stage(len(paths), pairs, matches, evidence, config, embeddings),
+                   read_json, atomic_write_json)
+    # keyed by the clusters themselves: a clustering setting that finds the same clusters reuses SfM
+    k_sfm = _key(k_match, clusters, config.min_cluster_size, config.min_inliers,
+                 config.sfm_config().to_dict(), sfm_sift and sfm_sift.to_dict())
 
     def sfm_all():
-        from tqdm.auto import tqdm
-
         from imgsim.sift import extract_many
 
-        sift_config = config.sift_config()
         models = []
-        for c, members in enumerate(tqdm(components, desc=f"SfM {name}", unit="cluster")):
+        for c, members in enumerate(tqdm(clusters, desc=f"SfM {name}", unit="cluster")):
             index = {m: k for k, m in enumerate(members)}
-            sub = [(index[a], index[b]) for a, b in pairs if a in index and b in index]
-            sub_matches = [m for (a, b), m in zip(pairs, matches) if a in index and b in index]
-            feats = extract_many([paths[m] for m in members], sift_config, cache)
-            models += sfm_stage(os.path.join(folder, f"sfm-{k_sfm}", f"component{c}"), image_dir,
-                                [names[m] for m in members], feats, sub, sub_matches, config)
+            inside = [k for k, (a, b) in enumerate(pairs) if a in index and b in index]
+            sub = [(index[pairs[k][0]], index[pairs[k][1]]) for k in inside]
+            sub_matches = [matches[k] for k in inside]
+            member_paths = [paths[m] for m in members]
+            if sfm_sift is not None:  # the SfM budget: match the pairs with a verified edge again
+                keep = [k for k, m in enumerate(sub_matches) if len(m) >= config.min_inliers]
+                sub = [sub[k] for k in keep]
+                sub_matches, _ = match_stage(member_paths, sub, config, cache, sfm_sift)
+            feats = extract_many(member_paths, sfm_sift or sift, cache)
+            models += sfm_stage(os.path.join(folder, f"sfm-{k_sfm}", f"cluster{c}"), member_paths,
+                                feats, sub, sub_matches, config)
         return models
 
     models = run("sfm", k_sfm, "json", sfm_all, read_json, atomic_write_json)
     placed = assign_scenes(names, models, config.min_cluster_size)
-    info = {"images": len(paths), "pairs": len(pairs),
-            "edges": int(sum(len(m) >= config.min_inliers for m in matches)),
-            "components": [len(c) for c in components], "models": [len(m) for m in models],
-            "registered": sum(scene != OUTLIERS for scene, _, _ in placed.values())}
-    return placed, timings, info
+    weights = edge_weights(pairs, matches, evidence, config, embeddings)
+    verified = [k for k, m in enumerate(matches) if len(m) >= config.min_inliers]
+    info = {"images": len(paths), "pairs": len(pairs), "verified": len(verified),
+            "edges": int((weights >= config.min_inliers).sum()),
+            "static_matches": int(evidence["n_static"].sum()),
+            "clusters": [len(c) for c in clusters], "models": [len(m) for m in models],
+            "registered": sum(scene != OUTLIERS for scene, _, _ in placed.values()),
+            # verified pairs (image a, image b, inliers, effective inliers): the report's diagnostics
+            "edge_list": [[names[pairs[k][0]], names[pairs[k][1]], len(matches[k]),
+                           round(float(weights[k]), 1)] for k in verified]}
+    # what each stage of these settings cost when it was computed (now or by an earlier run)
+    return placed, {stage: timings.get(file, 0.0) for stage, file in used.items()}, info
+
+
+def check_out(out):
+    """Refuse an ``out`` that cannot become the submission file, before any work."""
+    if os.path.isdir(out):
+        raise ConfigError(f"out: {out} is a directory; give the submission CSV's file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"out: {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"out: {out}: {parent} is not writable")
 
 
 def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
@@ -495,8 +631,10 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
         See :func:`list_datasets`.
     out : str or path
         The submission CSV, columns ``SUBMISSION_COLUMNS``: R row-major, 9
-        values joined by ``;``, t 3 values, ``nan`` for unregistered images.
-        Written atomically once every dataset is done.
+        values joined by ``;``, t 3 values; an unregistered image gets 9 and 3
+        ``nan`` joined by ``;`` (what the official reader accepts).
+        Written atomically once every dataset is done; a directory (or a
+        path under a file) is refused before any work.
     work_dir : str or path, optional
         Stage outputs and the feature cache; default ``<out>.work`` beside
         ``out``. Reusing it resumes a killed run.
@@ -507,17 +645,19 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
     Returns
     -------
     dict with ``submission`` (the DataFrame), ``timings`` ({dataset: {stage: seconds}}),
-    ``info`` ({dataset: counts}) and ``wall_s``; also written to ``<work_dir>/run.json``.
+    ``info`` ({dataset: counts, cluster sizes, model sizes, verified pairs}) and
+    ``wall_s``; also written to ``<work_dir>/run.json``.
     """
     start = time.perf_counter()
     config = config or ReconstructConfig()
+    out = os.fspath(out)
+    check_out(out)
     table = list_datasets(data_root)
     if datasets is not None:
         unknown = sorted(set(datasets) - set(table["dataset"]))
         if unknown:
             raise DataLayoutError(f"{data_root}: no dataset named {', '.join(unknown)}")
         table = table[table["dataset"].isin(datasets)]
-    out = os.fspath(out)
     work_dir = os.fspath(work_dir) if work_dir is not None else out + ".work"
     cache = FeatureCache(os.path.join(work_dir, "features"))
     model = functools.lru_cache(maxsize=1)(lambda: embedding_model(config))  # built once, if needed

@@ -95,6 +95,18 @@ class SiftConfig(DictConfig):
     min_matches : int
         Pairs with fewer matches are not verified (zero inliers). At least the
         model's minimal sample (7 for fundamental, 4 for homography).
+    static_px : float
+        Between two images of the same size, a match whose keypoints lie
+        within ``static_px`` pixels (of the resized images) of each other is
+        *static* and is dropped before verification: what does not move
+        between two photos (a still backdrop or a fixed ruler while an object
+        turns on a turntable, a watermark, a date stamp) says nothing about the
+        scene and would pull an estimated pose towards "no motion". 0 keeps
+        every match (the default; :mod:`imgsim.reconstruct` turns it on).
+    planar_threshold : float
+        Transfer error, in pixels of the resized image, under which an inlier
+        counts as explained by the dominant homography
+        (:func:`pair_evidence`'s ``n_planar``).
     """
 
     max_side: int = 1024
@@ -109,6 +121,8 @@ class SiftConfig(DictConfig):
     confidence: float = 0.999
     max_iters: int = 10000
     min_matches: int = 8
+    static_px: float = 0.0
+    planar_threshold: float = 2.0
 
     def __post_init__(self):
         if not _is_int(self.max_side) or self.max_side < MIN_SIDE:
@@ -134,6 +148,11 @@ class SiftConfig(DictConfig):
         if not _is_int(self.min_matches) or self.min_matches < least:
             raise ConfigError(f"min_matches must be an integer >= {least} for estimator "
                               f"{self.estimator!r}, got {self.min_matches!r}")
+        if not (isinstance(self.static_px, (int, float)) and 0 <= self.static_px < math.inf):
+            raise ConfigError(f"static_px must be a number of pixels >= 0, got {self.static_px!r}")
+        if not (isinstance(self.planar_threshold, (int, float)) and 0 < self.planar_threshold < math.inf):
+            raise ConfigError(f"planar_threshold must be a number of pixels > 0, "
+                              f"got {self.planar_threshold!r}")
 
 
 @dataclass(eq=False)
@@ -390,6 +409,9 @@ class PairScore(DictConfig):
         ``n_inliers / n_matches``, 0 when there are no matches.
     reason : str or None
         Why ``n_inliers`` is 0, else None.
+    n_static : int
+        Matches dropped as static (``SiftConfig.static_px``); they count in
+        ``n_matches``, never in ``n_inliers``.
     """
 
     n_keypoints_a: int
@@ -398,6 +420,7 @@ class PairScore(DictConfig):
     n_inliers: int
     inlier_ratio: float
     reason: str = None
+    n_static: int = 0
 
 
 @dataclass(eq=False)
@@ -410,6 +433,8 @@ class PairMatches:
     matches : numpy.ndarray of shape (m, 2), int64
     inliers : numpy.ndarray of shape (m,), bool
     reason : str or None
+    static : numpy.ndarray of shape (m,), bool, optional
+        Matches dropped as static before verification (none by default).
     """
 
     features_a: Features
@@ -417,6 +442,7 @@ class PairMatches:
     matches: np.ndarray
     inliers: np.ndarray
     reason: str = None
+    static: np.ndarray = None
 
     def score(self):
         """The :class:`PairScore` of this pair."""
@@ -424,7 +450,8 @@ class PairMatches:
         return PairScore(
             n_keypoints_a=len(self.features_a), n_keypoints_b=len(self.features_b),
             n_matches=n_matches, n_inliers=n_inliers,
-            inlier_ratio=n_inliers / n_matches if n_matches else 0.0, reason=self.reason)
+            inlier_ratio=n_inliers / n_matches if n_matches else 0.0, reason=self.reason,
+            n_static=int(self.static.sum()) if self.static is not None else 0)
 
 
 def _features(image, config, cache):
@@ -454,13 +481,182 @@ def pair_matches(image_a, image_b, config=None, cache=None):
     features_a, features_b = (_features(image, config, cache) for image in (image_a, image_b))
     matches = match(features_a.descriptors, features_b.descriptors, config.ratio, config.mutual,
                     config.matcher)
+    static = static_matches(features_a, features_b, matches, config.static_px)
+    inliers = np.zeros(len(matches), bool)
     empty = [side for side, f in (("A", features_a), ("B", features_b)) if not len(f)]
     if empty:
-        inliers, reason = np.zeros(len(matches), bool), f"no keypoints in image {' and '.join(empty)}"
+        reason = f"no keypoints in image {' and '.join(empty)}"
     else:
-        inliers, reason = verify(features_a.keypoints, features_b.keypoints, matches, config,
-                                 scales=(features_a.scale, features_b.scale))
-    return PairMatches(features_a, features_b, matches, inliers, reason)
+        inliers[~static], reason = verify(features_a.keypoints, features_b.keypoints,
+                                          matches[~static], config,
+                                          scales=(features_a.scale, features_b.scale))
+    return PairMatches(features_a, features_b, matches, inliers, reason, static)
+
+
+def static_matches(features_a, features_b, matches, static_px):
+    """Which matches do not move between two images of the same size.
+
+    Parameters
+    ----------
+    features_a, features_b : Features
+    matches : numpy.ndarray of shape (m, 2)
+        Keypoint indices ``(index_a, index_b)``.
+    static_px : float
+        Largest displacement, in pixels of the resized images, of a static
+        match; 0 marks none.
+
+    Returns
+    -------
+    numpy.ndarray of shape (m,), bool
+        All False when the images differ in size (no common pixel grid) or
+        ``static_px`` is 0.
+    """
+    matches = np.asarray(matches, np.int64).reshape(-1, 2)
+    if not static_px or tuple(features_a.image_size) != tuple(features_b.image_size) or not len(matches):
+        return np.zeros(len(matches), bool)
+    moved = (features_a.keypoints[matches[:, 0]] - features_b.keypoints[matches[:, 1]]) * features_a.scale
+    return np.hypot(moved[:, 0], moved[:, 1]) <= static_px
+
+
+SPREAD_GRID = 8  # cells per side of the grid that pair_evidence's spread counts
+STILL_SIMILARITY = 0.9  # cosine of two descriptors of one still keypoint (RootSIFT: L2 < 0.45)
+
+
+def still_keypoints(features_a, features_b, static_px, min_similarity=STILL_SIMILARITY):
+    """Keypoints that stand still between two images of the same size.
+
+    A keypoint of A is still when B has a keypoint within ``static_px``
+    pixels (of the resized images) of it whose descriptor is nearly the same
+    (cosine similarity at least ``min_similarity``) — the same thing at the
+    same pixel, found without matching.
+
+    Returns
+    -------
+    index_a, index_b : int64 arrays of shape (k,)
+        Paired keypoint indices; empty when the sizes differ or
+        ``static_px`` is 0.
+    """
+    empty = np.zeros(0, np.int64)
+    if not static_px or tuple(features_a.image_size) != tuple(features_b.image_size) \
+            or not len(features_a) or not len(features_b):
+        return empty, empty
+    pa = features_a.keypoints.astype(np.float64) * features_a.scale
+    pb = features_b.keypoints.astype(np.float64) * features_b.scale
+    # a grid of static_px cells: a point's neighbours within static_px lie in its 3 × 3 cells
+    cell_a, cell_b = np.floor(pa / static_px).astype(np.int64), np.floor(pb / static_px).astype(np.int64)
+    key_b = cell_b[:, 0] * (1 << 32) + cell_b[:, 1]
+    order = np.argsort(key_b, kind="stable")
+    sorted_b = key_b[order]
+    index_a = np.arange(len(pa))
+    found_a, found_b = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            key = (cell_a[:, 0] + dx) * (1 << 32) + cell_a[:, 1] + dy
+            left, right = np.searchsorted(sorted_b, key, "left"), np.searchsorted(sorted_b, key, "right")
+            for step in range(int((right - left).max(initial=0))):  # keypoints sharing a cell
+                has = left + step < right
+                found_a.append(index_a[has])
+                found_b.append(order[left[has] + step])
+    if not found_a:
+        return empty, empty
+    ia, ib = np.concatenate(found_a), np.concatenate(found_b)
+    near = np.hypot(*(pa[ia] - pb[ib]).T) <= static_px
+    ia, ib = ia[near], ib[near]
+    da, db = features_a.descriptors[ia], features_b.descriptors[ib]
+    cosine = np.sum(da * db, axis=1) / np.maximum(
+        np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1), np.finfo(np.float32).tiny)
+    keep = cosine >= min_similarity
+    ia, ib = ia[keep], ib[keep]
+    first = np.unique(ia, return_index=True)[1]  # one partner per keypoint of A
+    return ia[first].astype(np.int64), ib[first].astype(np.int64)
+
+
+def backdrop_keypoints(features, pairs, moving, static_px, min_moving):
+    """Keypoints of each image that belong to a still backdrop.
+
+    A pair of same-size images whose verified (moving) inliers show that
+    something moved (at least ``min_moving`` of them) while some keypoints
+    stood still (:func:`still_keypoints`) marks those still keypoints, in both
+    images, as backdrop: a studio background or a fixed ruler behind a
+    turntable, a watermark. Their matches to *any* photo say nothing about the
+    object. Near-duplicate photos (nothing moved) mark nothing.
+
+    Parameters
+    ----------
+    features : callable or sequence
+        ``features[i]`` (or ``features(i)``): the :class:`Features` of image i.
+    pairs : sequence of (int, int)
+    moving : sequence of int
+        Verified inliers of each pair (static matches already dropped).
+    static_px : float
+    min_moving : int
+
+    Returns
+    -------
+    dict image index -> bool array over its keypoints (only images with a
+    backdrop keypoint are present).
+    """
+    get = features if callable(features) else features.__getitem__
+    marks = {}
+    for (a, b), n_moving in zip(pairs, moving):
+        if n_moving < min_moving or not static_px:
+            continue
+        fa, fb = get(a), get(b)
+        index_a, index_b = still_keypoints(fa, fb, static_px)
+        for image, feats, index in ((a, fa, index_a), (b, fb, index_b)):
+            if len(index):
+                marks.setdefault(image, np.zeros(len(feats), bool))[index] = True
+    return marks
+
+
+def pair_evidence(features_a, features_b, inliers, config=None):
+    """How much a pair's inliers say about a shared 3-D scene, beyond their number.
+
+    Parameters
+    ----------
+    features_a, features_b : Features
+        Only ``keypoints``, ``image_size`` and ``scale`` are read.
+    inliers : array-like of shape (k, 2)
+        Verified matches ``(index_a, index_b)`` (as ``score_pairs`` keeps them).
+    config : SiftConfig, optional
+        Uses ``planar_threshold``, ``confidence`` and ``max_iters``.
+
+    Returns
+    -------
+    n_planar : int
+        Inliers that one homography explains (MAGSAC++, transfer error below
+        ``planar_threshold`` resized pixels). A match set that a single
+        homography explains (a planar backdrop, a poster, a floor, or a camera
+        that only rotated) is weaker evidence of one scene than one that needs
+        a fundamental matrix; ``n_inliers - n_planar`` is the part that does.
+    spread : float
+        In [0, 1]: the fraction of the cells of a ``SPREAD_GRID`` × ``SPREAD_GRID``
+        grid over each image that hold an inlier, the smaller of the two
+        images (inliers bunched on a logo or a small patch spread little).
+    """
+    config = config or SiftConfig()
+    inl = np.asarray(inliers, np.int64).reshape(-1, 2)
+    if not len(inl):
+        return 0, 0.0
+    spreads = []
+    for feats, column in ((features_a, 0), (features_b, 1)):
+        height, width = feats.image_size
+        xy = feats.keypoints[inl[:, column]]
+        cells = (np.clip(xy[:, 1] * SPREAD_GRID // height, 0, SPREAD_GRID - 1) * SPREAD_GRID
+                 + np.clip(xy[:, 0] * SPREAD_GRID // width, 0, SPREAD_GRID - 1))
+        spreads.append(len(np.unique(cells)) / SPREAD_GRID ** 2)
+    n_planar = len(inl)
+    if len(inl) > MIN_SAMPLE["homography"]:
+        pts_a = np.asarray(features_a.keypoints[inl[:, 0]], np.float64) * features_a.scale
+        pts_b = np.asarray(features_b.keypoints[inl[:, 1]], np.float64) * features_b.scale
+        try:
+            model, mask = cv2.findHomography(pts_a, pts_b, method=cv2.USAC_MAGSAC,
+                                             ransacReprojThreshold=config.planar_threshold,
+                                             maxIters=config.max_iters, confidence=config.confidence)
+            n_planar = int(mask.sum()) if model is not None and mask is not None else 0
+        except cv2.error:
+            n_planar = 0
+    return n_planar, float(min(spreads))
 
 
 def pair_score(image_a, image_b, config=None, cache=None):

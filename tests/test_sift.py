@@ -249,7 +249,8 @@ def test_bad_file_error_comes_from_load_image(tmp_path):
 def test_pair_score_to_dict():
     score = PairScore(10, 20, 8, 4, 0.5, None)
     assert score.to_dict() == {"n_keypoints_a": 10, "n_keypoints_b": 20, "n_matches": 8,
-                               "n_inliers": 4, "inlier_ratio": 0.5, "reason": None}
+                               "n_inliers": 4, "inlier_ratio": 0.5, "reason": None,
+                               "n_static": 0}
     assert PairScore.from_dict(score.to_dict()) == score
 
 
@@ -493,3 +494,92 @@ def test_mutual_check_equals_a_full_reverse_search(photos, matcher):
     expected = [(i, j) for i, j in one_way if nearest[j] == i]
     assert 20 <= len(expected) < len(one_way)
     np.testing.assert_array_equal(match(a, b, 0.8, mutual=True, matcher=matcher), expected)
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def _features(xy, descriptors=None, size=(480, 640), scale=1.0):
+    from imgsim.sift import Features
+
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    if descriptors is None:
+        descriptors = np.random.default_rng(len(xy)).random((len(xy), 128)).astype(np.float32)
+    return Features(keypoints=xy, scales=np.ones(len(xy), np.float32), angles=np.zeros(len(xy), np.float32),
+                    descriptors=np.asarray(descriptors, np.float32), image_size=size, scale=scale)
+
+
+def test_static_matches_hand_worked():
+    from imgsim.sift import static_matches
+
+    a = _features([[10, 10], [100, 50], [300, 200]])
+    b = _features([[10.4, 10.3], [105, 50], [300, 200.9]])
+    matches = np.array([[0, 0], [1, 1], [2, 2]])
+    assert static_matches(a, b, matches, 1.0).tolist() == [True, False, True]
+    assert static_matches(a, b, matches, 0).tolist() == [False] * 3
+    other = _features(b.keypoints, size=(480, 641))  # no common pixel grid
+    assert not static_matches(a, other, matches, 1.0).any()
+    # displacements are measured in resized pixels: 0.8 original px at scale 0.5 is 0.4
+    half = (_features([[0, 0]], scale=0.5), _features([[0.8, 0]], scale=0.5))
+    assert static_matches(*half, np.array([[0, 0]]), 0.5).tolist() == [True]
+
+
+def test_still_keypoints_against_brute_force():
+    from imgsim.sift import still_keypoints
+
+    rng = np.random.default_rng(3)
+    xy_a = rng.uniform(0, 600, (400, 2))
+    desc_a = rng.random((400, 128))
+    xy_b = rng.uniform(0, 600, (400, 2))
+    desc_b = rng.random((400, 128))
+    # 60 keypoints of A repeat in B within a pixel, 40 of them with the same descriptor
+    xy_b[:60] = xy_a[:60] + rng.uniform(-0.6, 0.6, (60, 2))
+    desc_b[:40] = desc_a[:40] + rng.normal(0, 0.01, (40, 128))
+    a, b = _features(xy_a, desc_a), _features(xy_b, desc_b)
+    got_a, got_b = still_keypoints(a, b, 1.0)
+    cosine = (desc_a @ desc_b.T) / np.outer(np.linalg.norm(desc_a, axis=1), np.linalg.norm(desc_b, axis=1))
+    near = np.linalg.norm(xy_a[:, None] - xy_b[None], axis=-1) <= 1.0
+    want = {i for i in range(400) if (near[i] & (cosine[i] >= 0.9)).any()}
+    assert set(got_a.tolist()) == want and want >= set(range(40))
+    assert all(near[i, j] and cosine[i, j] >= 0.9 for i, j in zip(got_a, got_b))
+    assert len(still_keypoints(a, _features(xy_b, desc_b, size=(481, 640)), 1.0)[0]) == 0
+
+
+def test_backdrop_keypoints_need_something_that_moved():
+    from imgsim.sift import backdrop_keypoints
+
+    a = _features([[10, 10], [20, 20], [300, 300]], np.eye(3, 128))
+    b = _features([[10.2, 10], [20, 20.2], [30, 300]], np.eye(3, 128))
+    marks = backdrop_keypoints([a, b], [(0, 1)], [40], 1.0, min_moving=30)
+    assert marks[0].tolist() == [True, True, False] and marks[1].tolist() == [True, True, False]
+    assert backdrop_keypoints([a, b], [(0, 1)], [10], 1.0, min_moving=30) == {}  # near-duplicates
+
+
+def test_pair_evidence_planar_versus_3d_and_spread():
+    from imgsim.sift import pair_evidence
+
+    rng = np.random.default_rng(0)
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    # points on one plane z = 5 (a poster) and points at depths 3 to 12 (a 3-D scene)
+    plane = np.column_stack([rng.uniform(-2, 2, 200), rng.uniform(-1.5, 1.5, 200), np.full(200, 5.0)])
+    depth = rng.uniform(3, 12, 200)
+    scene = np.column_stack([rng.uniform(-0.6, 0.6, 200) * depth, rng.uniform(-0.45, 0.45, 200) * depth,
+                             depth])
+    angle = np.radians(8)
+    R = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    t = np.array([-0.8, 0.05, 0.1])
+
+    def project(points, R=np.eye(3), t=np.zeros(3)):
+        p = (points @ R.T + t) @ K.T
+        return p[:, :2] / p[:, 2:]
+
+    for points, planar in ((plane, True), (scene, False)):
+        xa, xb = project(points), project(points, R, t)
+        inside = ((xa >= 0) & (xa < [640, 480])).all(1) & ((xb >= 0) & (xb < [640, 480])).all(1)
+        xa, xb = xa[inside], xb[inside]
+        n = len(xa)
+        n_planar, spread = pair_evidence(_features(xa), _features(xb), np.column_stack([np.arange(n)] * 2))
+        assert (n_planar == n) if planar else (n_planar < 0.5 * n), (planar, n_planar, n)
+        cells = lambda xy: len({(int(y * 8 // 480), int(x * 8 // 640)) for x, y in xy})  # noqa: E731
+        assert spread == pytest.approx(min(cells(xa), cells(xb)) / 64)
+    assert pair_evidence(_features(xa), _features(xb), np.zeros((0, 2))) == (0, 0.0)
