@@ -166,9 +166,10 @@ class Index:
         ``pq_m`` the default. On real GAP embeddings (1280-d; the benchmark in
         ``benchmarks/bench_index.py``, tables in ``reports/scale/README.md``) that gave recall@10 0.987 at 10^5 and
         0.971 at 10^6 vectors, at 14-17x and 51x the exact search's query
-        throughput; built in 26 s and 130 s on 2 cores — the cheapest
-        build + N queries of the kinds measured, which is what a one-shot
-        self-search (``reconstruct``'s shortlist) pays. A long-lived index
+        throughput; built in 26 s and 130 s on 2 cores — at 10^6 the cheapest
+        build + N queries at that recall of the kinds measured (at 10^5 IVF
+        costs about the same), which is what a one-shot self-search
+        (``reconstruct``'s shortlist) pays. A long-lived index
         answering many queries does better with ``"hnsw"`` (0.996 at 196x at
         10^6, but a 7x longer build). Memory is about that of the float
         vectors (the re-ranking keeps them), plus ``pq_m`` bytes per vector.
