@@ -164,14 +164,14 @@ class Index:
         Exact (``"flat"``) up to ``EXACT_UP_TO`` vectors; above, IVF-PQ with
         exact re-ranking: ``nlist = sqrt(n)``, ``nprobe`` 4, ``refine`` 10,
         ``pq_m`` the default. On real GAP embeddings (1280-d; the benchmark in
-        ``benchmarks/bench_index.py``, tables in ``reports/scale/README.md``) that gave recall@10 0.987 at 10^5 and
-        0.971 at 10^6 vectors, at 14-17x and 51x the exact search's query
-        throughput; built in 26 s and 130 s on 2 cores — at 10^6 the cheapest
-        build + N queries at that recall of the kinds measured (at 10^5 IVF
-        costs about the same), which is what a one-shot self-search
-        (``reconstruct``'s shortlist) pays. A long-lived index
+        ``benchmarks/bench_index.py``, tables in ``reports/scale/README.md``)
+        that gave recall@10 0.987 at 10^5 and 0.971 at 10^6 vectors, at 14x
+        and 129x the exact search's query throughput; built in 32 s and 69 s
+        on 2 cores — at 10^6 the cheapest build + N queries at that recall of
+        the kinds measured (at 10^5 IVF costs about the same), which is what a
+        one-shot self-search (``reconstruct``'s shortlist) pays. A long-lived index
         answering many queries does better with ``"hnsw"`` (0.996 at 196x at
-        10^6, but a 7x longer build). Memory is about that of the float
+        10^6 in its run, but a build 12x longer). Memory is about that of the float
         vectors (the re-ranking keeps them), plus ``pq_m`` bytes per vector.
         """
         n = _check_int(n, "n", minimum=0)
