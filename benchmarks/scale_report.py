@@ -272,7 +272,8 @@ def main(argv=None):
                                         f"recall@10 {r['recall']:.3f}; `{name}`)" for name, r in default)
                   + ".", ""]
     for path in sorted(glob.glob(os.path.join(folder, "compare-n*.json"))):
-        parts += [f"## Dask LocalCluster vs process pool, same box: N = {_load(path)['n']}", "",
+        parts += [f"## Dask LocalCluster vs process pool, same box: N = {_load(path)['n']} "
+                  f"(`{os.path.basename(path)}`)", "",
                   compare_section(path), ""]
     notes = os.path.join(folder, "notes.md")
     if os.path.exists(notes):
