@@ -1,47 +1,75 @@
-"""Benchmark of :class:`imgsim.index.Index` (FAISS flat, IVF, HNSW) against numpy brute force.
+"""Nearest-neighbour benchmark of :class:`imgsim.index.Index`: FAISS flat vs IVF vs HNSW vs IVF-PQ.
 
-For each database size N: N synthetic unit vectors (float32, seeded) and
-``n_queries`` separate unit-vector queries; each method finds the ``k`` nearest
-database vectors of every query. Reported per method:
+Vectors: with ``--vectors DIR``, the real distribution of
+:mod:`benchmarks.ann_data` — ImageNet MobileNetV2 GAP embeddings (1280-d,
+what ``reconstruct`` shortlists with) of the 424 shared photos' augmented
+views, with their scene labels; without it, random unit vectors (a worst
+case: nearly equidistant points; only a smoke test).
 
-* build time (adding the vectors; for IVF, k-means training too), once;
-* search time for all queries, best of 3 (``time.perf_counter``);
-* speed-up = numpy search time / method search time;
-* recall@k against numpy's exact top-k;
-* for flat, the fraction of query rows whose ids equal numpy's exactly
-  (rows can differ only by float32 rounding between near-ties).
+For each database size N, every method finds the ``k`` = 10 nearest database
+vectors of each of 1,000 queries (fresh augmented views, not in the
+database). Reported per method and setting:
 
-Random unit vectors in high dimension are nearly equidistant, a worst case for
-approximate methods: recall on real, clustered embeddings is usually higher.
+* build time (adding the vectors, for IVF kinds k-means and PQ training on a
+  sample too), once;
+* search time for all queries, median of ``repeats``, and the speed-up =
+  exact search time / this search time (query throughput ratio), the exact
+  search being timed at the start and again at the end of each size (the
+  mean of the two; both are in the JSON): other jobs' load moves during a run;
+* memory: what the index holds, counted from its arrays (float vectors or
+  PQ codes, ids, inverted lists, HNSW graph, IVF-PQ's precomputed tables, the
+  re-ranking copy of IVF-PQ + refine), and the run's peak RSS at the end;
+* recall@10 against the exact top-10 (FAISS flat); distance recall@10, the
+  fraction of returned vectors no farther than the exact 10th (a tie or a
+  near-duplicate counts as a hit); and same-scene recall@10:
+  the fraction of the 10 returned vectors from the query's scene (the exact
+  search's own figure is in its row).
 
-The largest database is generated once and the smaller sizes are prefixes of
-it; each index is freed before the next is built. Peak memory for N = 10^6,
-dim 128 is roughly the 512 MB database, plus one index copy of it (HNSW adds
-its graph, ~300 MB), plus numpy's per-block scratch (about 400 MB).
+Memory: the database is held once as float16 (N × 1280 × 2 bytes, 2.6 GB at
+10^6) and added to each index in float32 blocks of ``BLOCK`` rows, into
+float storage reserved up front (growing it would copy it); one index lives
+at a time. Peak for N = 10^6 is then about 2.6 GB + one index (5.1 GB of
+float32 vectors for flat, IVF, HNSW and IVF-PQ's re-ranking copy, plus
+HNSW's graph).
 
 Usage, from the repository root::
 
-    python -m benchmarks.bench_index                  # N = 100,000 and 1,000,000
-    python -m benchmarks.bench_index --sizes 10000    # quick trial
+    python -m benchmarks.bench_index --vectors /tmp/scale/ann --sizes 100000 1000000
+    python -m benchmarks.bench_index --sizes 10000          # random unit vectors, quick trial
 """
 
 import argparse
 import gc
+import json
+import math
+import os
+import sys
 import time
 
 import numpy as np
 
-from imgsim.index import Index
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-METHODS = {
-    "faiss flat": {"kind": "flat"},
-    "faiss ivf": {"kind": "ivf", "nprobe": 16},
-    "faiss hnsw": {"kind": "hnsw", "ef_search": 64},
-}
+from imgsim.cli import set_thread_waits  # noqa: E402
 
-# numpy brute force works on query blocks of at most this many distances (float32 block
-# plus argpartition's int64 output: 12 bytes each, so about 400 MB).
-BLOCK_ELEMENTS = 1 << 25
+set_thread_waits()  # a script owns its process, as the imgsim command does (before FAISS loads)
+from imgsim.index import Index  # noqa: E402
+
+BLOCK = 50_000
+
+
+def methods(n):
+    """{method: (Index settings, list of settings swept on the built index)} for ``n`` vectors."""
+    nlist = max(1, int(math.sqrt(n)))
+    return {
+        "ivf": ({"kind": "ivf", "nlist": nlist}, [{"nprobe": p} for p in (1, 2, 3, 4, 8, 16)]),
+        "hnsw": ({"kind": "hnsw", "hnsw_m": 32}, [{"ef_search": e} for e in (16, 32, 64, 128, 256)]),
+        "hnsw-efc200": ({"kind": "hnsw", "hnsw_m": 32, "ef_construction": 200},
+                        [{"ef_search": e} for e in (16, 64, 256)]),
+        # refine=1 re-ranks only the k PQ results: PQ's own ranking, exact distances
+        "ivfpq": ({"kind": "ivfpq", "nlist": nlist, "pq_m": 64, "refine": 1},
+                  [{"nprobe": p, "refine": r} for p in (1, 2, 3, 4, 8) for r in (1, 10)]),
+    }
 
 
 def unit_vectors(n, dim, rng):
@@ -51,39 +79,45 @@ def unit_vectors(n, dim, rng):
     return x
 
 
-def numpy_knn(queries, database, k):
-    """Exact top-``k`` Euclidean neighbours by chunked matmul + argpartition.
+def random_data(n, dim=128, n_queries=1000, seed=0):
+    """Random unit vectors, each its own "scene" (same-scene recall is then meaningless)."""
+    rng = np.random.default_rng(seed)
+    database = unit_vectors(n, dim, rng).astype(np.float16)
+    queries = unit_vectors(n_queries, dim, rng)
+    return database, np.arange(n), queries, np.full(n_queries, -1), None
 
-    Returns (distances, ids), each (n_queries, k), ascending by distance.
+
+def index_bytes(raw):
+    """Bytes a FAISS index holds: vectors or codes, ids, inverted lists, graph, tables.
+
+    Counted from the index's own arrays (resident-set growth is unreliable
+    once an earlier index's memory has been freed and is reused).
     """
-    n = len(database)
-    k = min(k, n)
-    db_sq = np.einsum("ij,ij->i", database, database)
-    block = max(1, BLOCK_ELEMENTS // n)
-    distances = np.empty((len(queries), k), np.float32)
-    ids = np.empty((len(queries), k), np.int64)
-    for start in range(0, len(queries), block):
-        q = queries[start:start + block]
-        squared = q @ database.T  # (block, n)
-        squared *= -2
-        squared += db_sq
-        squared += np.einsum("ij,ij->i", q, q)[:, None]
-        top = np.argpartition(squared, k - 1, axis=1)[:, :k]
-        top_sq = np.take_along_axis(squared, top, axis=1)
-        order = np.argsort(top_sq, axis=1)
-        ids[start:start + block] = np.take_along_axis(top, order, axis=1)
-        distances[start:start + block] = np.sqrt(np.maximum(np.take_along_axis(top_sq, order, axis=1), 0))
-    return distances, ids
+    import faiss
+
+    raw = faiss.downcast_index(raw)
+    if isinstance(raw, faiss.IndexRefine):
+        return index_bytes(raw.base_index) + index_bytes(raw.refine_index)
+    if isinstance(raw, faiss.IndexHNSW):
+        graph = raw.hnsw
+        return (index_bytes(raw.storage) + 4 * graph.neighbors.size() + 4 * graph.levels.size()
+                + 8 * graph.offsets.size())
+    if isinstance(raw, faiss.IndexIVF):
+        lists = raw.invlists
+        entries = sum(lists.list_size(i) for i in range(raw.nlist))
+        extra = 4 * raw.precomputed_table.size() if isinstance(raw, faiss.IndexIVFPQ) else 0
+        return entries * (lists.code_size + 8) + index_bytes(raw.quantizer) + extra
+    return int(raw.codes.size())  # flat: n · dim · 4
 
 
-def best_of(repeats, fn):
-    """(best wall time in seconds over ``repeats`` calls, result of the last call)."""
-    best = float("inf")
+def median_time(repeats, fn):
+    """(median wall time in seconds over ``repeats`` calls, result of the last call)."""
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
 
 
 def recall(found, truth):
@@ -92,48 +126,115 @@ def recall(found, truth):
     return float(np.mean([np.intersect1d(f, t).size / k for f, t in zip(found, truth)]))
 
 
-def run(sizes=(100_000, 1_000_000), dim=128, n_queries=1000, k=10, seed=0, repeats=3, verbose=False):
-    """Benchmark every method at every database size.
+def distance_recall(found, queries, database, truth_distances):
+    """Mean fraction of the returned ids at most as far as the exact k-th neighbour (ties count as hits)."""
+    vectors = database[np.maximum(found, 0)].astype(np.float32)
+    d = np.linalg.norm(vectors - queries[:, None, :], axis=-1)
+    return float(np.mean(np.where(found >= 0, d <= truth_distances[:, -1:] * (1 + 1e-4) + 1e-6, False)))
 
-    Returns a list of dicts, one per (size, method), with keys ``n``, ``method``,
-    ``build_s`` (None for numpy), ``search_s``, ``speedup``, ``recall``,
-    ``identical_rows`` (flat only, else None) and ``settings``.
+
+def same_scene(found, query_scene, scene_of):
+    """Mean fraction of the returned ids whose scene is the query's (-1 padding counts as a miss)."""
+    if scene_of is None:
+        return None
+    hits = np.where(found >= 0, scene_of[np.maximum(found, 0)] == query_scene[:, None], False)
+    return float(hits.mean())
+
+
+def _reserve(raw, n):
+    """Give the float vectors of a FAISS index room for ``n`` now (no 2x copy while growing)."""
+    import faiss
+
+    raw = faiss.downcast_index(raw)
+    if isinstance(raw, faiss.IndexRefine):
+        _reserve(raw.refine_index, n)
+    elif isinstance(raw, faiss.IndexHNSW):
+        _reserve(raw.storage, n)
+    elif isinstance(raw, faiss.IndexFlatCodes):
+        raw.codes.resize(n * raw.code_size)  # shrinking keeps the capacity
+        raw.codes.resize(raw.ntotal * raw.code_size)
+
+
+def build(settings, database, dim):
+    """An Index of ``settings`` holding ``database`` (float16), added in float32 blocks."""
+    index = Index(dim, **settings)
+    start = time.perf_counter()
+    first = min(len(database), max(BLOCK, 64 * (settings.get("nlist") or 1), 10_000))
+    index.add(database[:first].astype(np.float32))  # IVF kinds train on (a sample of) this block
+    _reserve(index._faiss, len(database))
+    for i in range(first, len(database), BLOCK):
+        index.add(database[i:i + BLOCK].astype(np.float32))
+    return index, time.perf_counter() - start
+
+
+def run(database, photo, queries, query_photo, scenes, sizes, names=("ivf", "hnsw", "ivfpq"),
+        k=10, repeats=3, verbose=True):
+    """Benchmark every method at every database size (prefixes of ``database``).
+
+    Returns a list of dicts: ``n``, ``method``, ``setting``, ``build_s``,
+    ``search_s``, ``speedup``, ``memory_mb``, ``recall``, ``same_scene``.
     """
-    rng = np.random.default_rng(seed)
-    database = unit_vectors(max(sizes), dim, rng)
-    queries = unit_vectors(n_queries, dim, rng)
+    dim = database.shape[1]
+    scene_ids = None
+    if scenes is not None:
+        codes = {s: i for i, s in enumerate(dict.fromkeys(scenes))}
+        scene_ids = np.array([codes[s] for s in scenes])
     rows = []
     for n in sizes:
-        data = database[:n]  # a view: no copy
-        numpy_s, (_, truth) = best_of(repeats, lambda: numpy_knn(queries, data, k))
-        rows.append({"n": n, "method": "numpy", "build_s": None, "search_s": numpy_s, "speedup": 1.0,
-                     "recall": 1.0, "identical_rows": None, "settings": ""})
+        data = database[:n]
+        scene_of = None if scene_ids is None else scene_ids[photo[:n]]
+        query_scene = None if scene_ids is None else scene_ids[query_photo]
+        index, build_s = build({"kind": "flat"}, data, dim)
+        memory = index_bytes(index._faiss) / 2**20
+        exact_s, (truth_d, truth) = median_time(repeats, lambda: index.search(queries, k))
+        rows.append({"n": n, "method": "flat (exact)", "setting": "", "build_s": build_s,
+                     "search_s": exact_s, "speedup": 1.0, "memory_mb": memory, "recall": 1.0,
+                     "distance_recall": 1.0, "same_scene": same_scene(truth, query_scene, scene_of)})
         if verbose:
             _print_rows(rows[-1:], header=len(rows) == 1)
-        for method, settings in METHODS.items():
-            start = time.perf_counter()
-            index = Index(dim, **settings)
-            index.add(data)
-            build_s = time.perf_counter() - start
-            search_s, (_, ids) = best_of(repeats, lambda: index.search(queries, k))
-            extra = {"flat": "", "ivf": f"nlist={index.nlist} nprobe={index.nprobe}",
-                     "hnsw": f"M={index.hnsw_m} efSearch={index.ef_search}"}[index.kind]
-            rows.append({
-                "n": n, "method": method, "build_s": build_s, "search_s": search_s,
-                "speedup": numpy_s / search_s, "recall": recall(ids, truth),
-                "identical_rows": float(np.mean((ids == truth).all(axis=1))) if index.kind == "flat" else None,
-                "settings": extra,
-            })
-            if verbose:
-                _print_rows(rows[-1:], header=False)
+        del index
+        gc.collect()
+        for name in names:
+            settings, sweep = methods(n)[name]
+            index, build_s = build(settings, data, dim)
+            memory = index_bytes(index._faiss) / 2**20
+            for values in sweep:
+                for knob, value in values.items():
+                    setattr(index, knob, value)
+                search_s, (_, ids) = median_time(repeats, lambda: index.search(queries, k))
+                label = ", ".join(f"{key}={v}" for key, v in dict(settings, **values).items()
+                                  if key != "kind")
+                rows.append({"n": n, "method": name, "setting": label,
+                             "build_s": build_s, "search_s": search_s, "speedup": exact_s / search_s,
+                             "memory_mb": memory, "recall": recall(ids, truth),
+                             "distance_recall": distance_recall(ids, queries, data, truth_d),
+                             "same_scene": same_scene(ids, query_scene, scene_of)})
+                if verbose:
+                    _print_rows(rows[-1:], header=False)
             del index, ids
             gc.collect()
+        if names:  # the exact search timed again: other jobs' load may have changed meanwhile
+            index, _ = build({"kind": "flat"}, data, dim)
+            exact_end, _ = median_time(repeats, lambda: index.search(queries, k))
+            del index
+            gc.collect()
+            exact_mean = (exact_s + exact_end) / 2
+            for row in rows:
+                if row["n"] == n:
+                    row.update(exact_s_start=exact_s, exact_s_end=exact_end,
+                               speedup=exact_mean / row["search_s"])
+            if verbose:
+                print(f"exact search re-timed at the end: {exact_end:.3f} s (start {exact_s:.3f} s); "
+                      "speed-ups against their mean:", flush=True)
+                _print_rows([r for r in rows if r["n"] == n], header=True)
     return rows
 
 
-COLUMNS = ("n", "method", "build_s", "search_s", "speedup", "recall", "identical_rows", "settings")
-HEADINGS = ("N", "method", "build s", "search s", "speed-up", "recall@k", "same ids", "settings")
-WIDTHS = (10, 11, 9, 9, 9, 9, 9, 0)
+COLUMNS = ("n", "method", "build_s", "search_s", "speedup", "memory_mb", "recall", "distance_recall",
+           "same_scene", "setting")
+HEADINGS = ("N", "method", "build s", "search s", "speed-up", "memory MB", "recall@10", "dist-rec",
+            "same-scene", "settings")
+WIDTHS = (10, 13, 9, 9, 9, 10, 10, 9, 10, 0)
 
 
 def _cell(column, value):
@@ -145,7 +246,9 @@ def _cell(column, value):
         return f"{value:.3f}"
     if column == "speedup":
         return f"{value:.1f}x"
-    if column in ("recall", "identical_rows"):
+    if column == "memory_mb":
+        return f"{value:.0f}"
+    if column in ("recall", "same_scene", "distance_recall"):
         return f"{value:.4f}"
     return str(value)
 
@@ -162,22 +265,38 @@ def _print_rows(rows, header=True):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vectors", default=None,
+                        help="folder written by benchmarks.ann_data (default: random unit vectors)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--methods", nargs="+", default=["ivf", "hnsw", "ivfpq"],
+                        choices=["ivf", "hnsw", "hnsw-efc200", "ivfpq"])
+    parser.add_argument("--windows-per-view", type=int, default=14,
+                        help="with --vectors: vectors taken from each view (1: whole-image embeddings only)")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="search timings: best of this many")
+    parser.add_argument("--repeats", type=int, default=3, help="search timings: median of this many")
+    parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    try:
-        import faiss
+    import faiss
 
-        threads = f"FAISS threads: {faiss.omp_get_max_threads()}"
-    except (ImportError, AttributeError):
-        threads = ""
-    print(f"dim={args.dim}, {args.queries} queries, k={args.k}, seed={args.seed}, "
-          f"search best of {args.repeats}. {threads}", flush=True)
-    run(args.sizes, args.dim, args.queries, args.k, args.seed, args.repeats, verbose=True)
+    if args.vectors:
+        from benchmarks.ann_data import load
+
+        data = load(args.vectors, max(args.sizes), args.windows_per_view, n_queries=args.queries,
+                    dtype=np.float16)
+        data = data[:2] + (data[2].astype(np.float32),) + data[3:]
+        what = f"real GAP embeddings from {args.vectors}, {args.windows_per_view} per view"
+    else:
+        data = random_data(max(args.sizes), n_queries=args.queries)
+        what = "random unit vectors"
+    print(f"{what}: dim {data[0].shape[1]}, {len(data[2])} queries, k=10, search median of "
+          f"{args.repeats}; FAISS threads {faiss.omp_get_max_threads()}; load {os.getloadavg()[0]:.2f}",
+          flush=True)
+    rows = run(*data, sizes=args.sizes, names=args.methods, repeats=args.repeats)
+    print(f"load average after: {os.getloadavg()[0]:.2f}; peak RSS "
+          f"{__import__('resource').getrusage(__import__('resource').RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"vectors": what, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Inference runs on one of :data:`ENGINES`: ``"keras"`` (``predict_on_batch``) or
 """
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -722,7 +723,7 @@ def similarity_percent(distance, scale=5.0):
 
 
 def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, image_size=224,
-                 on_error="raise"):
+                 on_error="raise", scheduler=None, workers=None, cache_dir=None):
     """Embed every image of a data folder (either layout) into an ``.npz`` file.
 
     Every argument is checked before any work (an unwritable ``out`` is found
@@ -743,6 +744,12 @@ def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, i
         Input side of the ImageNet default (a model has its own).
     on_error : {"raise", "skip"}
         Bad image files: stop, or leave them out and say how many.
+    scheduler, workers : optional
+        Embed on Dask, in content-keyed shards (:func:`embed_sharded`).
+    cache_dir : str, optional
+        The shards' folder (resumable); default
+        :func:`default_embedding_cache_dir`. Given without Dask, the shards
+        run in this process (and resume just the same).
 
     Returns
     -------
@@ -754,12 +761,16 @@ def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, i
     from imgsim.fileio import atomic_write_bytes, check_output_file
     from imgsim.images import BadFiles, load_images
 
+    from imgsim import distributed
+
     check_range("batch_size", batch_size, 1, integer=True)
     check_output_file(out, "out")
+    if distributed.enabled(scheduler, workers) and not hasattr(scheduler, "submit"):
+        distributed.check(scheduler, workers)
+    sharded = distributed.enabled(scheduler, workers) or cache_dir is not None
     config = None if model_path else EmbeddingConfig(image_size=image_size)
     bad = BadFiles()
     table = load_table(folder, on_error=on_error, min_images_per_scene=1, bad=bad)
-    model = load_model(model_path) if model_path else build_imagenet_baseline(config)
     if on_error == "skip":  # a first, small decode, so that bad images drop out with their rows
         _, ok = load_images(table["path"], 32, on_error="skip", bad=bad)
         table = table[ok].reset_index(drop=True)
@@ -767,10 +778,148 @@ def embed_folder(folder, model_path=None, out="embeddings.npz", batch_size=32, i
             raise DataLayoutError(f"{folder}: no usable images ({len(bad)} bad)")
     if len(bad):
         print(f"skipped {len(bad)} bad input(s):\n{bad.summary()}")
-    embeddings = embed(model, list(table["path"]), batch_size, progress=True)
+    if sharded:
+        embeddings = embed_sharded(list(table["path"]), model_path, image_size, cache_dir, batch_size,
+                                   progress=True, scheduler=scheduler, workers=workers)
+    else:
+        model = load_model(model_path) if model_path else build_imagenet_baseline(config)
+        embeddings = embed(model, list(table["path"]), batch_size, progress=True)
     buffer = io.BytesIO()
     np.savez(buffer, embeddings=embeddings, paths=table["path"].to_numpy(str),
              datasets=table["dataset"].to_numpy(str), scenes=table["scene"].to_numpy(str))
     atomic_write_bytes(out, buffer.getvalue())
     print(f"wrote {len(embeddings)} embeddings of dimension {embeddings.shape[1]} to {out}")
     return out
+
+
+# --------------------------------------------------------------------------- embedding in shards (Dask)
+
+EMBED_SHARD = 256  # images per task; a multiple of the batch size keeps every batch as embed() forms it
+SHARD_VERSION = 1  # part of every shard key: bump it when embeddings of the same inputs change
+_SHARD_MODELS = OrderedDict()  # (model_path, image_size, engine) -> compiled model, per process
+_SHARD_MODELS_LOCK = threading.Lock()
+
+
+def default_embedding_cache_dir():
+    """``$XDG_CACHE_HOME/imgsim/embeddings``, by default ``~/.cache/imgsim/embeddings``."""
+    return default_engine_cache_dir("embeddings")
+
+
+def _shard_model(model_path, image_size, engine):
+    """The model of a shard task, built or loaded once per process (the last two kept)."""
+    key = (model_path, image_size, engine)
+    with _SHARD_MODELS_LOCK:
+        if key in _SHARD_MODELS:
+            _SHARD_MODELS.move_to_end(key)
+            return _SHARD_MODELS[key]
+        model = load_model(model_path) if model_path else build_imagenet_baseline(
+            EmbeddingConfig(image_size=image_size))
+        _SHARD_MODELS[key] = compiled = compile_for_inference(model, engine)
+        while len(_SHARD_MODELS) > 2:
+            _SHARD_MODELS.popitem(last=False)
+        return compiled
+
+
+def _shard_file(folder, paths, model_path, image_size, engine):
+    """``folder/<key>.npy``: the key covers the model file's (or the baseline's) identity and every image's content."""
+    from imgsim.images import file_digest
+
+    model_key = file_digest(model_path) if model_path else f"imagenet-gap-mobilenet_v2-1.0-{image_size}"
+    key = json.dumps([SHARD_VERSION, model_key, image_size, engine, [file_digest(p) for p in paths]])
+    return os.path.join(folder, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+
+
+def _embed_shard_task(paths, model_path, image_size, batch_size, engine, folder):
+    """Embeddings of one shard, read from ``folder`` or computed and stored there atomically.
+
+    Returns ``(embeddings of shape (len(paths), dim), computed now)``.
+    """
+    import io
+
+    from imgsim.fileio import atomic_write_bytes
+
+    file = _shard_file(folder, paths, model_path, image_size, engine)
+    try:
+        cached = np.load(file, allow_pickle=False)
+        if cached.ndim == 2 and len(cached) == len(paths) and np.isfinite(cached).all():
+            return cached.astype(np.float32, copy=False), False
+    except (OSError, ValueError, EOFError):
+        pass  # missing or damaged: compute it
+    out = embed(_shard_model(model_path, image_size, engine), list(paths), batch_size)
+    buffer = io.BytesIO()
+    np.save(buffer, out)
+    atomic_write_bytes(file, buffer.getvalue())
+    return out, True
+
+
+def embed_sharded(paths, model_path=None, image_size=224, cache_dir=None, batch_size=32,
+                  engine="keras", shard_size=EMBED_SHARD, progress=False, scheduler=None,
+                  workers=None):
+    """Embed image files in content-keyed shards, on Dask or in this process.
+
+    The paths are cut into shards of ``shard_size`` in order; each shard is
+    one task that embeds with :func:`embed` and stores its rows in
+    ``cache_dir/<key>.npy``, the key covering the model (the ``.keras`` file's
+    content, or the ImageNet baseline and ``image_size``), ``engine`` and
+    every image's content (hashed where the task runs). A killed run resumes
+    with the missing shards; a rerun on another cluster, with the same paths
+    in the same order, reuses them all. Embeddings equal :func:`embed`'s on
+    the same model (batches are formed the same way when ``shard_size`` is a
+    multiple of ``batch_size``).
+
+    Parameters
+    ----------
+    paths : sequence of str or path
+        Image files, visible to every worker at the same path.
+    model_path : str, optional
+        A ``.keras`` model file (visible to every worker); None: ImageNet
+        MobileNetV2 GAP features at ``image_size``.
+    image_size : int
+        Input side of the ImageNet baseline.
+    cache_dir : str, optional
+        Where shards go; default :func:`default_embedding_cache_dir`. On a
+        cluster it must be on storage every worker sees at the same path
+        (:func:`imgsim.distributed.check_shared` refuses it otherwise).
+    batch_size : int
+    engine : {"keras", "openvino"}
+    shard_size : int
+        Images per task.
+    progress : bool
+        A tqdm bar over shards.
+    scheduler : str or dask.distributed.Client, optional
+        An existing Dask cluster (``tcp://HOST:PORT``).
+    workers : int, optional
+        A local Dask cluster of this many processes. With neither, shards run
+        one after the other in this process.
+
+    Returns
+    -------
+    numpy.ndarray of shape (len(paths), dim), float32
+    """
+    from imgsim import distributed
+
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        raise ConfigError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if model_path is not None and not os.path.isfile(model_path):
+        raise WeightsNotFoundError(f"{model_path}: model file does not exist")
+    folder = os.path.abspath(cache_dir or default_embedding_cache_dir())
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.abspath(p) for p in paths]  # workers may run elsewhere
+    model_path = os.path.abspath(model_path) if model_path else None
+    tasks = [(paths[i:i + shard_size], model_path, image_size, batch_size, engine, folder)
+             for i in range(0, len(paths), shard_size)]
+    if not tasks:
+        return np.zeros((0, 0), np.float32)
+    if distributed.enabled(scheduler, workers):
+        with distributed.client(scheduler, workers) as dask_client:
+            distributed.check_shared(dask_client, folder)
+            results = distributed.run_tasks(dask_client, _embed_shard_task, tasks, progress,
+                                            desc="embedding", unit="shard")
+    else:
+        if progress:
+            from tqdm.auto import tqdm
+            tasks = tqdm(tasks, desc="embedding", unit="shard")
+        results = [_embed_shard_task(*task) for task in tasks]
+    return np.concatenate([embeddings for embeddings, _ in results])

@@ -8,8 +8,10 @@ from the last finished stage:
 1. **embed** — global descriptors (:func:`imgsim.model.embed`; the ImageNet
    GAP baseline unless a trained model is given) → ``embeddings.npy``.
 2. **pairs** — every image with its ``shortlist_k`` nearest neighbours
-   (:func:`imgsim.sift.shortlist_pairs`, FAISS), or all pairs when the dataset
-   has at most ``all_pairs_up_to`` images or ``shortlist_k`` is 0 → ``pairs.json``.
+   (:func:`imgsim.sift.shortlist_pairs`, FAISS: exact search, or an
+   approximate index for large datasets, ``shortlist_index``), or all pairs
+   when the dataset has at most ``all_pairs_up_to`` images or ``shortlist_k``
+   is 0 → ``pairs.json``.
 3. **match** — SIFT features (cached by content under ``work_dir/features``),
    ratio-test matches, static matches dropped, MAGSAC verification in a process
    pool (:func:`imgsim.sift.score_pairs`), and each pair's evidence
@@ -22,6 +24,11 @@ from the last finished stage:
    per image or per EXIF camera, EXIF focal priors) and incremental mapping
    (:func:`imgsim.sfm.map_cluster`) → ``sfm.json``.
 
+The match stage keeps its pair chunks under ``work_dir/features/pairs``, so a
+run killed inside it resumes inside it. With ``workers`` or ``scheduler`` the
+embed and match stages run on Dask (:mod:`imgsim.distributed`; embeddings in
+content-keyed shards under ``work_dir/embeddings``); the other stages run here.
+
 Each reconstructed model with at least ``min_cluster_size`` images becomes one
 predicted scene; images registered in none are ``outliers`` with no pose
 (``nan;nan;nan;nan;nan;nan;nan;nan;nan`` and ``nan;nan;nan``, as Kaggle's
@@ -31,6 +38,7 @@ wherever it is put). Poses follow COLMAP's and IMC's convention: a world point X
 maps to camera coordinates as ``R X + t``.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -43,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from imgsim import distributed
 from imgsim.config import DictConfig, check_choice, check_range
 from imgsim.images import IMAGE_EXTENSIONS, file_digest
 from imgsim.errors import ConfigError, DataLayoutError, WeightsNotFoundError
@@ -55,6 +64,7 @@ from imgsim.sift import FeatureCache, SiftConfig
 SUBMISSION_COLUMNS = ("image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector")
 OUTLIERS = "outliers"
 STAGES = ("embed", "pairs", "match", "cluster", "sfm")
+SHORTLIST_INDEXES = ("auto", "exact", "ivf", "hnsw", "ivfpq")
 # SIFT settings of the match stage unless ``ReconstructConfig.sift`` says otherwise.
 SIFT_DEFAULTS = {"max_side": 1024, "n_features": 4000, "static_px": 1.0}
 EVIDENCE = ("n_matches", "n_static", "n_backdrop", "n_planar", "spread")  # per pair, beside the inliers
@@ -68,6 +78,11 @@ class ReconstructConfig(DictConfig):
     ----------
     shortlist_k : int
         Neighbours per image by embedding distance; 0 matches all pairs.
+    shortlist_index : str
+        How the neighbours are found (:func:`imgsim.sift.shortlist_pairs`):
+        ``"auto"`` (exact up to ``imgsim.index.EXACT_UP_TO`` images, the
+        approximate :meth:`imgsim.index.Index.for_size` above), ``"exact"``,
+        or an index kind (``"ivf"``, ``"hnsw"``, ``"ivfpq"``).
     all_pairs_up_to : int
         Datasets with at most this many images match all pairs anyway.
     min_inliers : int
@@ -115,9 +130,16 @@ class ReconstructConfig(DictConfig):
     sfm : dict
         :class:`~imgsim.sfm.SfmConfig` fields (cameras, EXIF focal priors,
         mapper thresholds, retries, leftover registration).
+    scheduler : str or None
+        Embed and match on an existing Dask cluster (``tcp://HOST:PORT``); the
+        work dir (feature cache, embedding shards), the images and ``model``
+        must be on storage every worker sees at the same path.
+    workers : int or None
+        Embed and match on a local Dask cluster of this many processes.
     """
 
     shortlist_k: int = 10
+    shortlist_index: str = "auto"
     all_pairs_up_to: int = 20
     min_inliers: int = 30
     min_cluster_size: int = 3
@@ -135,6 +157,8 @@ class ReconstructConfig(DictConfig):
     fusion_model: str = None
     sfm_sift: dict = None
     sfm: dict = field(default_factory=dict)
+    scheduler: str = None
+    workers: int = None
 
     def __post_init__(self):
         super().__post_init__()  # the field types
@@ -155,6 +179,9 @@ class ReconstructConfig(DictConfig):
             raise ConfigError(f"fusion_model: {self.fusion_model}: no such file")
         # validate the nested settings now, not after embedding
         self.sift_config(), self.sfm_config(), self.sfm_sift_config(), self.fusion()
+        check_choice("shortlist_index", self.shortlist_index, SHORTLIST_INDEXES)
+        if self.on_dask():
+            distributed.check(self.scheduler, self.workers)
 
     def sift_config(self):
         """The match stage's :class:`~imgsim.sift.SiftConfig` (``SIFT_DEFAULTS`` under ``sift``)."""
@@ -181,6 +208,10 @@ class ReconstructConfig(DictConfig):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"fusion_model: {self.fusion_model}: not a fitted fusion model "
                               f"({type(exc).__name__}: {exc})") from None
+
+    def on_dask(self):
+        """Whether the embed and match stages run on Dask."""
+        return distributed.enabled(self.scheduler, self.workers)
 
 
 # --------------------------------------------------------------------------- input
@@ -252,8 +283,18 @@ def embedding_model(config):
     return build_imagenet_baseline(EmbeddingConfig(image_size=config.image_size))
 
 
-def embed_stage(paths, model):
-    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised."""
+def embed_stage(paths, model, config=None, cache_dir=None):
+    """Global descriptors of ``paths``: (n, dim) float32, L2-normalised.
+
+    On Dask (``config.on_dask()``) in content-keyed shards under ``cache_dir``
+    (:func:`imgsim.model.embed_sharded`, model ``config.model`` or the
+    ImageNet baseline; ``model`` is unused), else with ``model`` here.
+    """
+    if config is not None and config.on_dask():
+        from imgsim.model import embed_sharded
+
+        return embed_sharded(paths, config.model, config.image_size, cache_dir, progress=True,
+                             scheduler=config.scheduler, workers=config.workers)
     from imgsim.model import embed
 
     return embed(model, list(paths), progress=True)
@@ -266,7 +307,7 @@ def pairs_stage(embeddings, config):
     n = len(embeddings)
     if config.shortlist_k == 0 or n <= config.all_pairs_up_to or config.shortlist_k >= n - 1:
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
-    return shortlist_pairs(embeddings, config.shortlist_k)
+    return shortlist_pairs(embeddings, config.shortlist_k, config.shortlist_index)
 
 
 def match_stage(paths, pairs, config, cache, sift_config=None):
@@ -295,7 +336,8 @@ def match_stage(paths, pairs, config, cache, sift_config=None):
 
     sift_config = sift_config or config.sift_config()
     results = score_pairs([(paths[i], paths[j]) for i, j in pairs], sift_config, cache,
-                          config.processes, progress=True, keep_matches=True)
+                          config.processes, progress=True, keep_matches=True,
+                          workers=config.workers, scheduler=config.scheduler)
     matches, evidence = match_evidence(paths, pairs, [inliers for _, inliers in results], sift_config,
                                        cache, config.min_inliers, config.processes)
     evidence["n_matches"] = np.array([score.n_matches for score, _ in results], np.int64)
@@ -505,7 +547,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     files_key = [(n, file_digest(p)) for n, p in zip(names, paths)]
     sift, sfm_sift = config.sift_config(), config.sfm_sift_config()
     k_embed = _key(files_key, _digest_or_none(config.model), config.image_size)
-    k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to)
+    k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to, config.shortlist_index)
     k_match = _key(k_pairs, sift.to_dict(), EVIDENCE, config.min_inliers)
     k_cluster = _key(k_match, config.min_inliers, config.min_cluster_size, config.cluster_method,
                      config.planar_weight, config.min_spread, config.min_best_inliers,
@@ -518,7 +560,9 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
         atomic_write_json(timings_file, timings)
         return result
 
-    embeddings = run("embed", k_embed, "npy", lambda: embed_stage(paths, model()), np.load, _save_npy)
+    embeddings = run("embed", k_embed, "npy",
+                     lambda: embed_stage(paths, None if config.on_dask() else model(), config,
+                                         os.path.join(work_dir, "embeddings")), np.load, _save_npy)
     pairs = run("pairs", k_pairs, "json", lambda: pairs_stage(embeddings, config),
                 lambda f: [tuple(p) for p in read_json(f)], atomic_write_json)
     matches, evidence = run("match", k_match, "npz", lambda: match_stage(paths, pairs, config, cache),
@@ -618,14 +662,16 @@ def reconstruct(data_root, out, work_dir=None, config=None, datasets=None):
     cache = FeatureCache(os.path.join(work_dir, "features"))
     model = functools.lru_cache(maxsize=1)(lambda: embedding_model(config))  # built once, if needed
     rows, timings, info = [], {}, {}
-    for name, group in table.groupby("dataset", sort=True):
-        placed, timings[name], info[name] = reconstruct_dataset(
-            name, list(group["path"]), work_dir, config, cache, model)
-        ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
-        for image_id, image in zip(ids, group["image"]):
-            scene, R, t = placed[image]
-            rows.append({"image_id": image_id, "dataset": name, "scene": scene,
-                         "image": image, "rotation_matrix": _join(R, 9), "translation_vector": _join(t, 3)})
+    with distributed.client(config.scheduler, config.workers) if config.on_dask() else \
+            contextlib.nullcontext():  # one cluster for every dataset's stages
+        for name, group in table.groupby("dataset", sort=True):
+            placed, timings[name], info[name] = reconstruct_dataset(
+                name, list(group["path"]), work_dir, config, cache, model)
+            ids = group["image_id"] if "image_id" in group else [f"{name}_{i}" for i in group["image"]]
+            for image_id, image in zip(ids, group["image"]):
+                scene, R, t = placed[image]
+                rows.append({"image_id": image_id, "dataset": name, "scene": scene, "image": image,
+                             "rotation_matrix": _join(R, 9), "translation_vector": _join(t, 3)})
     submission = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
     atomic_write_text(out, submission.to_csv(index=False))
     result = {"timings": timings, "info": info, "wall_s": time.perf_counter() - start,

@@ -22,7 +22,10 @@ Bad input never raises from OpenCV: an image without keypoints, a pair with too
 few matches or a failed estimation gives zero inliers and a ``reason``.
 """
 
+import contextlib
+import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -677,7 +680,9 @@ class FeatureCache:
     ``n_features``, ``root_sift`` and ``upright``, so a renamed copy hits and an
     edited file misses. Files are written atomically; an unreadable one
     (truncated, corrupt) counts as a miss and is rewritten. Safe to share
-    between threads.
+    between threads, and between processes and machines that see the folder
+    at the same path. :func:`score_pairs` keeps its pair chunks in the
+    ``pairs/`` sub-folder.
 
     Parameters
     ----------
@@ -687,22 +692,36 @@ class FeatureCache:
     Attributes
     ----------
     hits, misses : int
-        Counters of :meth:`get`.
+        Features read from the cache / extracted (:meth:`get`, and the Dask
+        extraction of :func:`score_pairs`).
+    chunk_hits, chunk_misses : int
+        Pair chunks of :func:`score_pairs` read from the cache / scored.
     """
 
     def __init__(self, folder=None):
         self.folder = os.fspath(folder) if folder is not None else default_cache_dir()
         self.hits = self.misses = 0
+        self.chunk_hits = self.chunk_misses = 0
         self._lock = threading.Lock()
+        self._digests = {}  # (path, inode, size, mtime_ns) -> SHA-256 of the file
 
     def __repr__(self):
         return f"FeatureCache({self.folder!r}, hits={self.hits}, misses={self.misses})"
 
     def file_for(self, path, config=None):
-        """The cache file of image ``path`` under ``config``'s extraction settings."""
+        """The cache file of image ``path`` under ``config``'s extraction settings.
+
+        The content digest is remembered for as long as the file keeps its
+        inode, size and modification time (one hash per image per run).
+        """
         config = config or SiftConfig()
         settings = "".join(f"_{name}={getattr(config, name)}" for name in EXTRACTION_FIELDS)
-        return os.path.join(self.folder, file_digest(path) + settings + ".npz")
+        stat = os.stat(path)
+        stamp = (os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        digest = self._digests.get(stamp)
+        if digest is None:
+            digest = self._digests[stamp] = file_digest(path)
+        return os.path.join(self.folder, digest + settings + ".npz")
 
     def get(self, path, config=None):
         """Features of the image file ``path``, extracted (and stored) on a miss."""
@@ -778,28 +797,43 @@ def extract_many(paths, config=None, cache=None, workers=None, progress=False):
 # --------------------------------------------------------------------------- many pairs
 
 WORKER_FEATURES = 32  # features each scoring process keeps in memory (least recently used out)
-_worker = {}  # state of a score_pairs worker process
+PAIRS_PER_CHUNK = 64  # most pairs in one task
+MIN_CHUNKS = 32  # fewer pairs than 32 × 64 are cut into this many (smaller) chunks
+EXTRACT_SHARD = 16  # most images per feature-extraction task on Dask (≥ 4 tasks per worker)
+CHUNK_VERSION = 1  # part of every pair-chunk key: bump it when a pair's result changes
+_worker = {}  # state of a score_pairs pool worker process
+_loaded = OrderedDict()  # cache file -> Features, the last WORKER_FEATURES read by this process
+_loaded_lock = threading.Lock()
 
 
-def _init_worker(files, paths, config, threads, keep_matches):
+def _init_worker(files, paths, config, threads, keep_matches, parent=None):
+    if parent is not None:
+        from imgsim.distributed import die_with_parent
+
+        die_with_parent(parent)
     cv2.setNumThreads(threads)
-    _worker.update(files=files, paths=paths, config=config, keep_matches=keep_matches,
-                   features=OrderedDict())
+    _worker.update(files=files, paths=paths, config=config, keep_matches=keep_matches)
+
+
+def _load_features(file, path, config):
+    """Features from memory, else from the cache ``file``, else extracted afresh from ``path``."""
+    with _loaded_lock:
+        if file in _loaded:
+            _loaded.move_to_end(file)
+            return _loaded[file]
+    features = _read_features(file)
+    if features is None:  # the file went away or was damaged since extraction
+        features = extract(path, config)
+    with _loaded_lock:
+        _loaded[file] = features
+        while len(_loaded) > WORKER_FEATURES:
+            _loaded.popitem(last=False)
+    return features
 
 
 def _worker_features(i):
-    """Features of distinct image ``i``: memory, else its cache file, else a fresh extraction."""
-    cached = _worker["features"]
-    if i in cached:
-        cached.move_to_end(i)
-        return cached[i]
-    features = _read_features(_worker["files"][i])
-    if features is None:  # the file went away or was damaged since extraction
-        features = extract(_worker["paths"][i], _worker["config"])
-    cached[i] = features
-    if len(cached) > WORKER_FEATURES:
-        cached.popitem(last=False)
-    return features
+    """Features of distinct image ``i`` of a pool worker."""
+    return _load_features(_worker["files"][i], _worker["paths"][i], _worker["config"])
 
 
 def _pair_result(features_a, features_b, config, keep_matches):
@@ -810,26 +844,139 @@ def _pair_result(features_a, features_b, config, keep_matches):
     return result.score(), result.matches[result.inliers].astype(np.uint32)
 
 
-def _score_chunk(chunk):
-    config, keep = _worker["config"], _worker["keep_matches"]
-    return [_pair_result(_worker_features(a), _worker_features(b), config, keep) for a, b in chunk]
+def _chunk_results(chunk, features_of, config, out_file=None):
+    """(PairScore, inliers) of each ``(a, b)`` of ``chunk``; stored in ``out_file`` if given."""
+    results = [_pair_result(features_of(a), features_of(b), config, True) for a, b in chunk]
+    if out_file is not None:
+        _write_chunk(out_file, results)
+    return results
 
 
-def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, keep_matches=False):
-    """:class:`PairScore` of many (path_a, path_b) pairs, scored in parallel processes.
+def _score_chunk(chunk, out_file=None):
+    """Pool worker: score ``chunk`` (pairs of distinct-image numbers), store it in ``out_file``."""
+    results = _chunk_results(chunk, _worker_features, _worker["config"], out_file)
+    return results if _worker["keep_matches"] else [score for score, _ in results]
 
-    Each distinct image is extracted once, through ``cache``
-    (:func:`extract_many`, threads). The pairs are then sorted by image, cut
-    into chunks and scored in a :class:`~concurrent.futures.ProcessPoolExecutor`
-    (matching and MAGSAC hold the GIL for a large part of the time, so threads
-    do not scale). Workers do not receive features through pickling: each
-    gets the list of cache files once, at start-up, and reads the ``.npz``
-    files it needs itself, keeping the last ``WORKER_FEATURES`` in memory, so
-    memory per worker stays bounded whatever the number of images.
 
-    Workers are started with ``spawn`` (not ``fork``): the calling process may
-    hold threads (OpenCV, TensorFlow, FAISS/OpenMP) that a fork would copy in an
-    undefined state. Each runs OpenCV with ``cpu_count // processes`` threads.
+def _score_chunk_task(files, paths, chunk, config, out_file):
+    """Dask task: score ``chunk`` (pairs of indices into ``files``/``paths``), store it in ``out_file``."""
+    from imgsim.distributed import task_threads
+
+    cv2.setNumThreads(task_threads() or cv2.getNumThreads())
+    return _chunk_results(chunk, lambda i: _load_features(files[i], paths[i], config), config, out_file)
+
+
+def _extract_task(paths, config, folder):
+    """Dask task: the cache file of each image in ``paths``, extracted into ``folder`` if missing.
+
+    Returns a list of ``(cache file, extracted now)``.
+    """
+    from imgsim.distributed import task_threads
+
+    cv2.setNumThreads(task_threads() or cv2.getNumThreads())
+    cache, out = FeatureCache(folder), []
+    for path in paths:
+        file = cache.file_for(path, config)
+        fresh = not os.path.exists(file)
+        if fresh:
+            _write_features(file, extract(path, config))
+        out.append((file, fresh))
+    return out
+
+
+def _write_chunk(file, results):
+    """Store a chunk's (PairScore, inliers) list: scores as JSON, inliers concatenated."""
+    buffer = io.BytesIO()
+    inliers = [np.asarray(m, np.uint32).reshape(-1, 2) for _, m in results]
+    np.savez(buffer, scores=np.array(json.dumps([s.to_dict() for s, _ in results])),
+             counts=np.array([len(m) for m in inliers], np.int64),
+             inliers=np.concatenate(inliers) if inliers else np.zeros((0, 2), np.uint32))
+    atomic_write_bytes(file, buffer.getvalue())
+
+
+def _read_chunk(file, n):
+    """A chunk's results, or None if the file is missing, unreadable or not of ``n`` pairs."""
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            scores = [PairScore.from_dict(d) for d in json.loads(str(z["scores"]))]
+            counts, flat = z["counts"], z["inliers"]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    if len(scores) != n or len(counts) != n or counts.sum() != len(flat) or flat.ndim != 2:
+        return None
+    return list(zip(scores, np.split(flat, np.cumsum(counts)[:-1]) if n else []))
+
+
+def _chunks(todo):
+    """Cut the sorted pair list into chunks whose size depends only on its length."""
+    size = min(PAIRS_PER_CHUNK, max(1, math.ceil(len(todo) / MIN_CHUNKS)))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _chunk_file(folder, config, names):
+    """``folder/pairs/<key>.npz``: the key covers every setting and both images' contents."""
+    key = json.dumps([CHUNK_VERSION, config.to_dict(), names], sort_keys=True)
+    return os.path.join(folder, "pairs", hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
+
+
+def _cache_files_here(paths, config, cache):
+    """Cache file of each path (content digests in threads; hashing releases the GIL)."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda p: cache.file_for(p, config), paths))
+
+
+def _cache_files_on_cluster(dask_client, paths, config, cache, progress):
+    """Cache file of each path, every missing feature extracted on the cluster's workers."""
+    from imgsim.distributed import n_workers, run_tasks
+
+    size = max(1, min(EXTRACT_SHARD, math.ceil(len(paths) / (4 * n_workers(dask_client)))))
+    shards = [paths[i:i + size] for i in range(0, len(paths), size)]
+    folder = os.path.abspath(cache.folder)
+    done = run_tasks(dask_client, _extract_task, [(shard, config, folder) for shard in shards],
+                     progress, desc="SIFT", unit="shard")
+    files = [file for shard in done for file, _ in shard]
+    fresh = sum(extracted for shard in done for _, extracted in shard)
+    with cache._lock:
+        cache.misses += fresh
+        cache.hits += len(files) - fresh
+    return files
+
+
+def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, keep_matches=False,
+                *, workers=None, scheduler=None):
+    """:class:`PairScore` of many (path_a, path_b) pairs, scored in parallel processes or on Dask.
+
+    The distinct pairs are sorted by the two images' cache keys and cut into
+    chunks whose size depends only on their number; each chunk's results go
+    to ``cache.folder/pairs/<key>.npz``, the key covering every
+    :class:`SiftConfig` field and both images' contents. A chunk found there
+    is not scored again, so a killed run resumes with the chunks it had not
+    finished and a run with other processes or on another cluster reuses
+    them. Only the images of the missing chunks are extracted (once each,
+    through ``cache``).
+
+    Executors:
+
+    * default: a :class:`~concurrent.futures.ProcessPoolExecutor` of
+      ``processes`` (matching and MAGSAC hold the GIL for a large part of the
+      time, so threads do not scale); features are extracted first in this
+      process's threads (:func:`extract_many`). Workers do not receive features
+      through pickling: each gets the list of cache files once, at start-up,
+      and reads the ``.npz`` files it needs itself, keeping the last
+      ``WORKER_FEATURES`` in memory, so memory per worker stays bounded
+      whatever the number of images. Workers are started with ``spawn`` (not
+      ``fork``: the calling process may hold threads — OpenCV, TensorFlow,
+      FAISS/OpenMP — that a fork would copy in an undefined state), run OpenCV
+      with ``cpu_count // processes`` threads and die with this process
+      (:func:`imgsim.distributed.die_with_parent`).
+    * ``workers`` or ``scheduler``: Dask (:func:`imgsim.distributed.client`).
+      Extraction runs on the workers in shards of ``EXTRACT_SHARD`` images
+      (each image's content digest is computed there too), then the missing
+      chunks run as tasks that read the cache files. ``cache.folder`` and the
+      images must be visible to every worker at the same path
+      (:func:`imgsim.distributed.check_shared`).
+
+    Results are the same whatever the executor.
 
     Parameters
     ----------
@@ -838,15 +985,20 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
         different pairs. Repeated pairs are scored once.
     config : SiftConfig, optional
     cache : FeatureCache, optional
-        Where features are stored and read by the workers; by default a
-        temporary folder, deleted on return.
+        Where features and pair chunks are stored; by default a temporary
+        folder, deleted on return.
     processes : int, optional
-        Worker processes; default ``os.cpu_count()``. 1 scores in this process.
+        Pool processes; default ``os.cpu_count()``. 1 scores in this process.
+        Unused with Dask.
     progress : bool
         tqdm bars over extraction and pairs.
     keep_matches : bool
         Also return each pair's verified matches (for building a COLMAP
         database, :mod:`imgsim.reconstruct`).
+    workers : int, optional
+        Score on a local Dask cluster of this many worker processes.
+    scheduler : str or dask.distributed.Client, optional
+        Score on an existing Dask cluster (``tcp://HOST:PORT``).
 
     Returns
     -------
@@ -856,75 +1008,125 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
         ``inliers`` is a uint32 array of shape (n_inliers, 2) of keypoint
         indices ``(index_a, index_b)`` into each image's :class:`Features`.
     """
+    from imgsim import distributed
+
     config = config or SiftConfig()
     pairs = [tuple(pair) for pair in pairs]
     if any(len(pair) != 2 for pair in pairs):
         raise ValueError("pairs must be (path_a, path_b) tuples")
     pairs = [(os.fspath(a), os.fspath(b)) for a, b in pairs]
     cpus = os.cpu_count() or 1
-    processes = cpus if processes is None else processes
-    if not _is_int(processes) or processes < 1:
-        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
+    on_dask = distributed.enabled(scheduler, workers)
+    if on_dask:
+        if not hasattr(scheduler, "submit"):
+            distributed.check(scheduler, workers)
+    else:
+        processes = cpus if processes is None else processes
+        if not _is_int(processes) or processes < 1:
+            raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
     if not pairs:
         return []
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="imgsim-sift-") as folder:
-            return score_pairs(pairs, config, FeatureCache(folder), processes, progress, keep_matches)
+            return score_pairs(pairs, config, FeatureCache(folder), processes, progress, keep_matches,
+                               workers=workers, scheduler=scheduler)
 
     paths = list(dict.fromkeys(p for pair in pairs for p in pair))
-    features = extract_many(paths, config, cache, progress=progress)
     number = {p: i for i, p in enumerate(paths)}
-    todo = sorted(dict.fromkeys((number[a], number[b]) for a, b in pairs))  # neighbours share images
-    if processes == 1:
-        scores = [_pair_result(features[a], features[b], config, keep_matches) for a, b in todo]
-        by_key = dict(zip(todo, scores))
-        return [by_key[number[a], number[b]] for a, b in pairs]
-    del features  # the workers read the cache files
+    with contextlib.ExitStack() as stack:
+        if on_dask:
+            dask_client = stack.enter_context(distributed.client(scheduler, workers))
+            distributed.check_shared(dask_client, cache.folder)
+            paths = [os.path.abspath(p) for p in paths]  # workers may run elsewhere
+            files = _cache_files_on_cluster(dask_client, paths, config, cache, progress)
+        else:
+            files = _cache_files_here(paths, config, cache)
+        names = [os.path.basename(f) for f in files]
+        todo = sorted(dict.fromkeys((number[a], number[b]) for a, b in pairs),
+                      key=lambda ab: (names[ab[0]], names[ab[1]]))  # neighbours share image a
+        chunks = _chunks(todo)
+        chunk_files = [_chunk_file(os.path.abspath(cache.folder), config,
+                                   [(names[a], names[b]) for a, b in chunk])
+                       for chunk in chunks]
+        results = [_read_chunk(file, len(chunk)) for file, chunk in zip(chunk_files, chunks)]
+        missing = [i for i, r in enumerate(results) if r is None]
+        with cache._lock:
+            cache.chunk_hits += len(chunks) - len(missing)
+            cache.chunk_misses += len(missing)
+        bar = []
 
-    size = max(1, min(64, math.ceil(len(todo) / (4 * processes))))  # ≥ 4 chunks per worker
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    workers = min(processes, len(chunks))
-    files = [cache.file_for(p, config) for p in paths]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="pairs", unit="pair")
-    results = [None] * len(chunks)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker,
-                             initargs=(files, paths, config, max(1, cpus // processes), keep_matches)) as pool:
-        futures = {pool.submit(_score_chunk, chunk): i for i, chunk in enumerate(chunks)}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            if bar is not None:
-                bar.update(len(chunks[futures[future]]))
-    if bar is not None:
-        bar.close()
-    by_key = {key: score for chunk, scores in zip(chunks, results) for key, score in zip(chunk, scores)}
-    return [by_key[number[a], number[b]] for a, b in pairs]
+        def finished(i, value):
+            results[i] = value
+            if progress and not bar:  # opened here, after any extraction bar has closed
+                from tqdm.auto import tqdm
+                bar.append(tqdm(total=len(todo), desc="pairs", unit="pair",
+                                initial=len(todo) - sum(len(chunks[j]) for j in missing)))
+            if bar:
+                bar[0].update(len(chunks[i]))
+
+        if missing and on_dask:
+            tasks = [_cluster_task(chunks[i], files, paths, config, chunk_files[i]) for i in missing]
+            for i, value in zip(missing, distributed.run_tasks(dask_client, _score_chunk_task, tasks,
+                                                               progress, desc="pairs", unit="chunk")):
+                results[i] = value
+        elif missing:
+            needed = sorted({image for i in missing for pair in chunks[i] for image in pair})
+            features = dict(zip(needed, extract_many([paths[i] for i in needed], config, cache,
+                                                     progress=progress)))
+            if processes == 1:
+                for i in missing:
+                    finished(i, _chunk_results(chunks[i], features.__getitem__, config, chunk_files[i]))
+            else:
+                del features  # the workers read the cache files
+                with ProcessPoolExecutor(min(processes, len(missing)),
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker,
+                                         initargs=(files, paths, config, max(1, cpus // processes),
+                                                   True, os.getpid())) as pool:
+                    futures = {pool.submit(_score_chunk, chunks[i], chunk_files[i]): i for i in missing}
+                    for future in as_completed(futures):
+                        finished(futures[future], future.result())
+        if bar:
+            bar[0].close()
+    by_key = {key: result for chunk, values in zip(chunks, results) for key, result in zip(chunk, values)}
+    out = [by_key[number[a], number[b]] for a, b in pairs]
+    return out if keep_matches else [score for score, _ in out]
 
 
-def shortlist_pairs(embeddings, k):
+def _cluster_task(chunk, files, paths, config, out_file):
+    """Arguments of one Dask scoring task: only the chunk's own images travel."""
+    images = sorted({image for pair in chunk for image in pair})
+    local = {image: k for k, image in enumerate(images)}
+    return ([files[i] for i in images], [paths[i] for i in images],
+            [(local[a], local[b]) for a, b in chunk], config, out_file)
+
+
+def shortlist_pairs(embeddings, k, index="auto"):
     """Candidate pairs: each image with its ``k`` nearest neighbours by embedding.
 
     Parameters
     ----------
     embeddings : array-like of shape (n, dim)
     k : int
-        Neighbours per image (Euclidean, :func:`imgsim.index.knn`), ``1 <= k <= n - 1``.
+        Neighbours per image (Euclidean), ``1 <= k <= n - 1``.
+    index : {"auto", "exact", "flat", "ivf", "hnsw", "ivfpq"}
+        How neighbours are found (:func:`imgsim.index.self_knn`): ``"auto"``
+        searches exactly up to ``imgsim.index.EXACT_UP_TO`` images and with
+        :meth:`imgsim.index.Index.for_size`'s approximate index above.
 
     Returns
     -------
     list of (int, int)
         ``(i, j)`` row indices with ``i < j``, sorted, each pair once: (i, j)
         is kept when j is among i's neighbours or i among j's. Between
-        ``n·k/2`` and ``n·k`` pairs.
+        ``n·k/2`` and ``n·k`` pairs (fewer if an approximate index returns
+        fewer than ``k`` neighbours for some image).
     """
-    from imgsim.index import knn
+    from imgsim.index import self_knn
 
-    _, neighbours = knn(embeddings, k=k)
+    neighbours = self_knn(embeddings, k, index)
     rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
     cols = neighbours.ravel()
-    keep = rows != cols
+    keep = (rows != cols) & (cols >= 0)
     lo, hi = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]
     return [(int(i), int(j)) for i, j in sorted(set(zip(lo.tolist(), hi.tolist())))]

@@ -283,7 +283,8 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
     out_root : str
         Runs go to ``out_root/<name>/<run-id>/``.
     workers : int
-        Processes of the local Dask cluster (ignored with ``scheduler``).
+        Processes of the local Dask cluster (ignored with ``scheduler``); see
+        :func:`imgsim.distributed.client`.
     scheduler : str, optional
         Address of an existing Dask scheduler, e.g. ``tcp://host:8786``.
     retry_failed : bool
@@ -295,40 +296,25 @@ def sweep(path, out_root=os.path.join("reports", "sweeps"), workers=1, scheduler
     the experiment whose last attempt failed, this sweep's or an earlier
     one's), ``failed_earlier`` counts, the summary rows and ``root``.
     """
+    from imgsim import distributed
+
     check_range("workers", workers, 1, integer=True)
     check_output_dir(out_root, "out_root")
+    workers = None if scheduler else workers  # an existing cluster brings its own workers
+    distributed.check(scheduler, workers)
     if scheduler is not None:
-        check_scheduler(scheduler)
+        distributed.check_reachable(scheduler)  # before the output folder is made
     experiment = load_experiment(path)
     root = os.path.join(out_root, experiment.name)
     with FolderLock(root, "imgsim sweep"):
         return _sweep(experiment, root, workers, scheduler, retry_failed, progress)
 
 
-def check_scheduler(address):
-    """Raise :class:`ConfigError` unless ``address`` is a Dask scheduler address that answers.
-
-    A ``tcp://host:port`` address is tried once (5 s), so an unreachable
-    scheduler is an error before any work instead of a hang or a traceback.
-    """
-    import re
-    import socket
-
-    match = re.fullmatch(r"(tcp|tls|ws|wss|ucx|inproc)://(\[[^\]]+\]|[^:/]+)(?::(\d+))?/?", str(address))
-    if not match:
-        raise ConfigError(f"scheduler {address!r}: expected an address like tcp://HOST:8786")
-    protocol, host, port = match.groups()
-    if protocol == "tcp":
-        try:
-            socket.create_connection((host.strip("[]"), int(port or 8786)), timeout=5).close()
-        except OSError as exc:
-            raise ConfigError(f"scheduler {address}: cannot connect ({exc.strerror or exc})") from None
-    return address
-
-
 def _sweep(experiment, root, workers, scheduler, retry_failed, progress):
     """The runs of :func:`sweep`, in its locked output folder."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
+
+    from imgsim import distributed
 
     for name in os.listdir(root):  # folders of runs killed mid-way (earlier imgsim versions)
         if ".tmp-" in name:
@@ -345,9 +331,7 @@ def _sweep(experiment, root, workers, scheduler, retry_failed, progress):
           f"(skipped), {len(todo)} to run", flush=True)
     failed = 0  # this sweep's
     if todo:
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1,
-                                                      processes=True, dashboard_address=None)
-        with Client(scheduler or cluster) as client:
+        with distributed.client(scheduler, workers) as client:
             futures = [client.submit(execute_run, experiment.notebook, params, folder,
                                      key=f"run-{os.path.basename(folder)}", pure=False)
                        for params, folder in todo]
@@ -358,8 +342,6 @@ def _sweep(experiment, root, workers, scheduler, retry_failed, progress):
             for future in done:
                 failed += future.result()["status"] == FAILED
                 write_summary(experiment, root)
-        if cluster is not None:
-            cluster.close()
     rows = write_summary(experiment, root)
     failed_total = sum(r["status"] == FAILED for r in rows)
     return {"ran": len(todo), "skipped": skipped, "failed": failed_total,

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -286,3 +288,91 @@ def test_index_argument_validation(kind, call, message):
     with pytest.raises(ValueError, match=message):
         call(index)
     assert len(index) == 4  # a rejected add adds nothing
+
+
+# --------------------------------------------------------------------------- IVF-PQ, defaults, self-search
+
+
+@pytest.mark.parametrize("refine", [None, 8])
+def test_ivfpq_recall_and_exact_reranking(clustered, refine):
+    references, queries, truth = clustered
+    index = Index(32, kind="ivfpq", nlist=20, nprobe=20, pq_m=8, refine=refine)
+    index.add(references)
+    distances, ids = index.search(queries, 10)
+    # 4-byte codes of 32-d vectors lose the fine order; re-ranking 80 candidates exactly restores it
+    assert recall_at_k(ids, truth) >= (0.98 if refine else 0.5)  # measured 0.9995 and 0.69
+    if refine:  # re-ranked distances are the exact Euclidean distances
+        actual = np.linalg.norm(references[ids] - queries[:, None, :], axis=-1)
+        np.testing.assert_allclose(distances, actual, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="cannot be switched on or off"):
+        index.refine = None if refine else 4
+    with pytest.raises(ValueError, match="pq_m must divide dim"):
+        Index(32, kind="ivfpq", pq_m=5)
+    with pytest.raises(ValueError, match="refine is for kind 'ivfpq' only"):
+        Index(32, kind="ivf", refine=2)
+
+
+def test_ivfpq_save_load_round_trip(tmp_path, clustered):
+    references, queries, _ = clustered
+    index = Index(32, kind="ivfpq", nlist=16, nprobe=4, pq_m=4, refine=3)
+    index.add(references[:3000])
+    index.save(tmp_path / "pq.faiss")
+    loaded = Index.load(tmp_path / "pq.faiss")
+    assert (loaded.kind, loaded.nlist, loaded.nprobe, loaded.pq_m, loaded.refine) == ("ivfpq", 16, 4, 4, 3)
+    for got, expected in zip(loaded.search(queries, 5), index.search(queries, 5)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_ivf_trains_on_a_bounded_sample(monkeypatch, clustered):
+    import faiss
+
+    import imgsim.index as index_module
+
+    references, queries, truth = clustered
+    seen = []
+    real_train = faiss.IndexIVFFlat.train
+    monkeypatch.setattr(faiss.IndexIVFFlat, "train", lambda self, x: seen.append(len(x)) or real_train(self, x))
+    monkeypatch.setattr(index_module, "TRAIN_PER_LIST", 40)
+    index = Index(32, kind="ivf", nlist=25, nprobe=25)
+    index.add(references)  # 5,000 vectors, trained on 40 x 25 of them
+    assert seen == [1000] and len(index) == 5000
+    np.testing.assert_array_equal(index.search(queries, 10)[1], truth)  # every list probed: exact
+
+
+def test_for_size_is_exact_up_to_the_threshold_then_ivfpq():
+    from imgsim.index import EXACT_UP_TO
+
+    assert Index.for_size(EXACT_UP_TO, 8).kind == "flat"
+    big = Index.for_size(1_000_000, 1280)
+    assert (big.kind, big.nlist, big.nprobe, big.refine, big.pq_m) == ("ivfpq", 1000, 4, 10, 64)
+    assert Index.for_size(EXACT_UP_TO + 1, 100).pq_m == 50  # the largest divisor of dim up to 64
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_self_knn_against_brute_force(clustered, kind):
+    from imgsim.index import self_knn
+
+    references = clustered[0][:1000]
+    truth = brute_force_knn(references, references, 10, exclude_self=True)[1]
+    ids = self_knn(references, 10, kind)
+    assert ids.shape == (1000, 10) and not (ids == np.arange(1000)[:, None]).any()
+    assert recall_at_k(ids, truth) >= (1.0 if kind == "exact" else 0.9)
+    with pytest.raises(ValueError, match="index must be 'auto', 'exact' or one of"):
+        self_knn(references, 10, "lsh")
+
+
+# --------------------------------------------------------------------------- OpenMP waits on shared cores
+
+
+def test_importing_the_index_leaves_the_environment_alone_and_the_command_sets_passive_waits():
+    import subprocess
+    import sys
+
+    code = ("import os, imgsim.index; print(os.environ.get('OMP_WAIT_POLICY'));"
+            "from imgsim.cli import set_thread_waits; set_thread_waits(); print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "ACTIVE"]  # a user's choice stands

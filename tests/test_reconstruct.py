@@ -84,6 +84,8 @@ def test_bad_reconstruct_config():
         ReconstructConfig(cluster_method="spectral")
     with pytest.raises(ConfigError, match="fusion_model: .*nope.json: no such file"):
         ReconstructConfig(fusion_model="nope.json")
+    with pytest.raises(ConfigError, match="shortlist_index must be one of .*got 'annoy'"):
+        ReconstructConfig(shortlist_index="annoy")
 
 
 # --------------------------------------------------------------------------- end to end
@@ -159,6 +161,39 @@ def test_rerun_reads_every_stage_from_the_work_dir(small_run, monkeypatch, tmp_p
     assert set(again["timings"]["church_fountain"]) == set(rec.STAGES)
     # each stage's time is what computing it took, also when it is read back (not 0, not summed)
     assert again["timings"] == small_run[3]["timings"]
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_process_pools_embeddings_inliers_and_submission(small_run, tmp_path):
+    """Embed and match on a 2-worker LocalCluster with fresh embedding and pair caches: the stage
+    files equal the process pool's (``small_run``), and so does the submission. COLMAP runs on one
+    thread on both sides: with more, its result is not bit-reproducible even between two runs of
+    the same path. The per-image SIFT features are copied over to keep this short; extracting them
+    on Dask is checked in test_distributed."""
+    import glob
+    import shutil
+
+    gt_file, out, work, _ = small_run
+    bench = os.path.dirname(gt_file)
+    one_thread = dict(sift=SMALL.sift, image_size=96, processes=1)
+    dask_work, pool_work = tmp_path / "dask", tmp_path / "pool"
+    shutil.copytree(work / "features", dask_work / "features", ignore=shutil.ignore_patterns("pairs"))
+    reconstruct(bench, tmp_path / "dask.csv", work_dir=dask_work, config=ReconstructConfig(**one_thread, workers=2))
+    shutil.copytree(work, pool_work)  # the pool's stages, SfM again on one thread
+    for path in glob.glob(str(pool_work / "*" / "sfm-*")):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    reconstruct(bench, tmp_path / "pool.csv", work_dir=pool_work, config=ReconstructConfig(**one_thread))
+    assert sorted(os.listdir(dask_work / "features" / "pairs")) == sorted(os.listdir(work / "features" / "pairs"))
+    for dataset in ("church_fountain",):
+        (pool_emb,), (dask_emb,) = (glob.glob(str(w / dataset / "embed-*.npy")) for w in (work, dask_work))
+        assert np.abs(np.load(pool_emb) - np.load(dask_emb)).max() <= 1e-6
+        (pool_match,), (dask_match,) = (glob.glob(str(w / dataset / "match-*.npz")) for w in (work, dask_work))
+        with np.load(pool_match) as a, np.load(dask_match) as b:
+            assert sorted(a.files) == sorted(b.files) and len(a.files) > 0
+            assert all(np.array_equal(a[key], b[key]) for key in a.files)
+    submission = (tmp_path / "dask.csv").read_text()
+    assert submission == (tmp_path / "pool.csv").read_text()
+    assert submission.count("cluster") >= 10  # images registered in clusters: poses compared, not only NaNs
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(small_run, monkeypatch, tmp_path):

@@ -387,11 +387,17 @@ def test_score_pairs_equals_pair_score_per_pair(tmp_path, pair_set, matcher):
     scores = score_pairs(pair_set, config, cache=cache, processes=2, progress=True)
     assert scores == expected
     assert (cache.misses, cache.hits) == (5, 0)  # five distinct images, each extracted once
-    assert len(os.listdir(tmp_path)) == 5
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".npz")]) == 5
     assert expected[0].n_inliers >= 20 and expected[4].n_inliers < expected[0].n_inliers
-    # again: every feature comes from the cache, one process, same scores
+    # seven distinct pairs, fewer than MIN_CHUNKS: one pair per chunk file
+    assert (cache.chunk_misses, len(os.listdir(tmp_path / "pairs"))) == (7, 7)
+    # again, one process: every chunk comes from the cache, no feature is even read
     assert score_pairs(pair_set, config, cache=cache, processes=1) == expected
-    assert (cache.misses, cache.hits) == (5, 5)
+    assert (cache.misses, cache.hits, cache.chunk_hits, cache.chunk_misses) == (5, 0, 7, 7)
+    # a lost chunk is scored again, from cached features
+    os.remove(tmp_path / "pairs" / sorted(os.listdir(tmp_path / "pairs"))[0])
+    assert score_pairs(pair_set, config, cache=cache, processes=1) == expected
+    assert (cache.misses, cache.chunk_hits, cache.chunk_misses) == (5, 13, 8) and cache.hits in (1, 2)
 
 
 def test_score_pairs_keeps_the_verified_matches_of_each_pair(tmp_path, pair_set):
@@ -462,6 +468,16 @@ def test_shortlist_pairs_against_brute_force(n, dim, k):
         assert len(result) == n * (n - 1) // 2
     with pytest.raises(ValueError, match="k must be between 1"):
         shortlist_pairs(x, n)
+
+
+@pytest.mark.parametrize("index", ["hnsw", "ivf"])
+def test_shortlist_pairs_with_an_approximate_index(index):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(40, 16))[rng.integers(0, 40, 3000)] + 0.5 * rng.normal(size=(3000, 16)))
+    exact = set(shortlist_pairs(x.astype(np.float32), 5))
+    approximate = shortlist_pairs(x.astype(np.float32), 5, index)
+    assert all(i < j for i, j in approximate) and len(set(approximate)) == len(approximate)
+    assert len(exact & set(approximate)) >= 0.9 * len(exact)
 
 
 @pytest.mark.parametrize("matcher", ["bf", "flann"])
