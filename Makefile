@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install browser demo test bench sweep sweep-full imc clean
+.PHONY: install browser demo test bench sweep sweep-full training-cv imc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ sweep: install
 
 sweep-full: install
 	IMGSIM_DATA=$(SHARED)/data $(PY) -m imgsim sweep experiments/full.yaml
+
+# Issue 12's cross-validated training recipes (experiments/training_cv.yaml) → reports/training/.
+training-cv: install
+	IMGSIM_DATA=$(SHARED)/data IMGSIM_RUNS_DIR=$(abspath runs/training_cv) \
+	  $(PY) -m imgsim sweep experiments/training_cv.yaml
+	$(PY) -m imgsim crossval --from-sweep reports/sweeps/training_cv --report-dir reports/training
 
 imc: install
 	IMGSIM_DATA=$(SHARED)/data IMGSIM_IMC_WORK=$(abspath runs/imc-work) $(PY) -m imgsim sweep experiments/imc.yaml

@@ -84,3 +84,45 @@ def build_augmentation(config=None):
     if not layers:
         return None
     return keras.Sequential(layers, name="augmentation")
+
+
+def augment_batch(pipeline, images, seed):
+    """Augment a batch reproducibly: the same images and ``seed`` always give the same output.
+
+    Each layer of ``pipeline`` (from :func:`build_augmentation`) draws its
+    random transformation from a fresh ``keras.random.SeedGenerator`` seeded
+    from ``seed`` and its position, instead of the layer's own generator whose
+    state depends on every earlier call (and on which loader thread ran first).
+    Training batches and cached augmented copies are then a function of their
+    seed alone, so a resumed run sees the batches an uninterrupted one would.
+
+    Parameters
+    ----------
+    pipeline : keras.Sequential or None
+        None returns the images unchanged (as float32).
+    images : array of shape (n, h, w, 3), values in [0, 255]
+    seed : int
+        Any non-negative integer.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, h, w, 3), float32
+    """
+    import keras
+    import numpy as np
+
+    x = keras.ops.convert_to_tensor(np.asarray(images, np.float32))
+    if pipeline is None:
+        return np.asarray(x, np.float32)
+    for i, layer in enumerate(pipeline.layers):
+        generator = keras.random.SeedGenerator(int(seed * 7919 + i) % (2 ** 31 - 1))
+        transformation = layer.get_random_transformation(x, training=True, seed=generator)
+        x = layer.transform_images(x, transformation, training=True)
+    return np.asarray(x, np.float32)
+
+
+def batch_seed(*parts):
+    """A 31-bit seed from integers (e.g. run seed, epoch, batch index), stable across runs."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)

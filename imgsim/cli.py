@@ -60,13 +60,15 @@ def set_thread_waits():
 # --------------------------------------------------------------------------- train
 
 
-def _add_train_args(parser):
+def _add_train_args(parser, folds=False):
     from imgsim.train import TrainConfig
 
     d = TrainConfig()
     parser.add_argument("--data", default=d.data, help="data root (IMC 2025 layout or <scene>/<image>)")
     parser.add_argument("--runs-dir", default=d.runs_dir, help="parent folder of run folders")
-    parser.add_argument("--run-name", default=None, help="run folder name (default: a hash of the config)")
+    if not folds:  # cross-validation names its fold runs itself and splits by fold
+        parser.add_argument("--run-name", default=None,
+                            help="run folder name (default: a hash of the config)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (early stopping may end sooner)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="batches per epoch (default: training images // (p*k))")
@@ -82,7 +84,8 @@ def _add_train_args(parser):
                         help="validation figure that picks best.keras and stops early")
     parser.add_argument("--pca-copies", type=int, default=d.pca_copies,
                         help="augmented copies per image in the head's PCA initialisation")
-    parser.add_argument("--head-init", default=d.embedding.head_init, choices=["pca", "random"],
+    parser.add_argument("--head-init", default=d.embedding.head_init,
+                        choices=["pca", "random", "identity", "whitening"],
                         help="initialisation of the dense head")
     parser.add_argument("--alpha", type=float, default=d.embedding.alpha, help="MobileNetV2 width multiplier")
     parser.add_argument("--image-size", type=int, default=d.embedding.image_size, help="input side in pixels")
@@ -93,34 +96,135 @@ def _add_train_args(parser):
     parser.add_argument("--augment-strength", type=float, default=d.augment.strength,
                         help="scales every augmentation (0: none)")
     parser.add_argument("--seed", type=int, default=d.seed, help="batch sampling, augmentation and init")
-    parser.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the split by scene")
+    if not folds:
+        parser.add_argument("--split-seed", type=int, default=d.split_seed,
+                            help="seed of the split by scene")
     parser.add_argument("--on-error", default=d.on_error, choices=["raise", "skip"],
                         help="bad image files: stop, or skip and count them in the log")
     parser.add_argument("--workers", type=int, default=d.workers, help="batch-loading threads")
+    _add_recipe_args(parser, d)
 
 
-def _train_config(args):
-    from imgsim.augment import AugmentConfig
-    from imgsim.model import EmbeddingConfig
-    from imgsim.train import TrainConfig
+def _add_recipe_args(parser, d):
+    """Issue 12's options: miners, memory, sampling, pooling, ensembles, fine-tuning, fast mode."""
+    from imgsim.batches import SAMPLINGS
+    from imgsim.losses import MINERS
+    from imgsim.model import HEADS, MERGES, POOLINGS
+    from imgsim.train import MODES
 
-    return TrainConfig(
-        data=args.data, runs_dir=args.runs_dir, run_name=args.run_name, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, learning_rate=args.learning_rate,
-        margin=args.margin, distance_metric=args.distance_metric, patience=args.patience,
-        monitor=args.monitor, pca_copies=args.pca_copies,
-        seed=args.seed, split_seed=args.split_seed, on_error=args.on_error, workers=args.workers,
-        embedding=EmbeddingConfig(alpha=args.alpha, image_size=args.image_size,
-                                  trainable_layers=args.trainable_layers,
-                                  embedding_dim=args.embedding_dim,
-                                  hidden_dim=2 * args.embedding_dim, head_init=args.head_init),
-        augment=AugmentConfig(strength=args.augment_strength))
+    e = d.embedding
+    parser.add_argument("--miner", default=d.miner, choices=MINERS,
+                        help="triplet mining: tfa's semi-hard or batch-hard, batch-all, "
+                             "distance-weighted")
+    parser.add_argument("--soft", action="store_true",
+                        help="soft-margin triplets log1p(exp(d_ap - d_an)) (not semihard)")
+    parser.add_argument("--xbm-size", type=int, default=d.xbm_size,
+                        help="cross-batch memory slots (XBM; 0: off)")
+    parser.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,
+                        help="pk: random scenes per batch; dataset: scenes of as few datasets "
+                             "as possible (look-alike negatives)")
+    parser.add_argument("--pooling", default=e.pooling, choices=POOLINGS,
+                        help="global average, generalised-mean or attention pooling")
+    parser.add_argument("--gem-p", type=float, default=e.gem_p, help="initial GeM exponent")
+    parser.add_argument("--ensemble-alpha", type=float, default=None,
+                        help="a second MobileNetV2 backbone of this width (e.g. 0.35)")
+    parser.add_argument("--ensemble", default=e.ensemble, choices=MERGES,
+                        help="merge of the two backbones' L2-normalised features")
+    parser.add_argument("--head", default=e.head, choices=HEADS,
+                        help="mlp: the seed's; linear: one dense layer; none: pooled features")
+    parser.add_argument("--hidden-dim", type=int, default=None,
+                        help="width of the mlp head's hidden layer (default: 2 * embedding dim)")
+    parser.add_argument("--whitening-shrinkage", type=float, default=e.whitening_shrinkage,
+                        help="--head-init whitening: weight of the identity in the within-scene "
+                             "covariance (1: no whitening)")
+    parser.add_argument("--dropout", type=float, default=e.dropout, help="dropout before the head")
+    parser.add_argument("--weight-decay", type=float, default=e.weight_decay,
+                        help="L2 factor on the head's kernels")
+    parser.add_argument("--l2sp", type=float, default=d.l2sp,
+                        help="L2-SP strength toward the ImageNet backbone weights (0: off)")
+    parser.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor,
+                        help="backbone learning rate relative to the head's")
+    parser.add_argument("--unfreeze-every", type=int, default=d.unfreeze_every,
+                        help="gradual unfreezing: one more backbone block every N epochs (0: off)")
+    parser.add_argument("--mode", default=d.mode, choices=MODES,
+                        help="full: images through the whole network; fast: train the part "
+                             "after the frozen backbone on cached features")
+    parser.add_argument("--cache-copies", type=int, default=d.cache_copies,
+                        help="fast mode: augmented copies cached per image")
+    parser.add_argument("--cache-dir", default=None,
+                        help="fast mode: feature cache folder (default: ~/.cache/imgsim/features)")
+
+
+_NOT_TRAINING = ("func", "command", "quiet", "verbose")
+
+
+def _train_config(args, skip=()):
+    """The TrainConfig of parsed training options (``skip``: another verb's own options)."""
+    from imgsim.train import flat_config
+
+    return flat_config(**{k: v for k, v in vars(args).items()
+                          if k not in _NOT_TRAINING and k not in skip})
 
 
 def cmd_train(args):
     from imgsim.train import fit
 
     fit(_train_config(args))
+
+
+# --------------------------------------------------------------------------- crossval
+
+_CROSSVAL_ONLY = ("from_sweep",)
+
+
+def _add_crossval_args(p):
+    from imgsim.crossval import CrossValConfig
+
+    d = CrossValConfig()
+    _add_train_args(p, folds=True)
+    p.set_defaults(mode="fast", trainable_layers=0)  # the cheap recipe: a head on cached features
+    p.add_argument("--folds", type=int, default=d.folds, help="folds by scene")
+    p.add_argument("--fold-seed", type=int, default=d.fold_seed,
+                   help="seeds the folds and each fold's validation scenes")
+    p.add_argument("--group-by-dataset", action="store_true",
+                   help="keep each dataset's scenes in one fold (test on unseen datasets)")
+    p.add_argument("--cv-val-fraction", dest="val_fraction", type=float, default=d.val_fraction,
+                   help="share of each fold's training scenes used for early stopping")
+    p.add_argument("--baseline-alpha", type=float, default=d.baseline_alpha,
+                   help="width of the ImageNet GAP baseline")
+    p.add_argument("--shortlist-k", type=int, default=d.shortlist_k,
+                   help="neighbours per image in the shortlist figure")
+    p.add_argument("--max-pairs", dest="max_pairs_per_dataset", type=int,
+                   default=d.max_pairs_per_dataset, help="positive pairs per dataset and fold")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples")
+    p.add_argument("--level", type=float, default=d.level, help="coverage of the intervals")
+    p.add_argument("--name", default=d.name, help="the recipe's name in the report")
+    p.add_argument("--report-dir", default=None,
+                   help="report folder (default: reports/crossval/<name>)")
+    p.add_argument("--untrained", action="store_true",
+                   help="evaluate the recipe's network without training it (head none, or "
+                        "linear with --head-init identity)")
+    p.add_argument("--from-sweep", default=None, metavar="SWEEP_DIR",
+                   help="instead: compare the recipes of a finished sweep of "
+                        "notebooks/06_crossval.ipynb (needs --report-dir)")
+
+
+def cmd_crossval(args):
+    from imgsim import crossval
+    from imgsim.errors import ConfigError
+
+    if args.from_sweep:
+        if not args.report_dir:
+            raise ConfigError("--from-sweep needs --report-dir")
+        table = crossval.sweep_report(crossval.sweep_results(args.from_sweep), args.report_dir)
+        print(open(os.path.join(args.report_dir, "summary.md")).read())
+        return 0 if len(table) else 1
+    options = {k: v for k, v in vars(args).items()
+               if k not in _NOT_TRAINING and k not in _CROSSVAL_ONLY}
+    config = crossval.flat_config(**options)
+    result = crossval.crossval(config)
+    print(crossval.summary_markdown(result))
+    print(f"report: {config.report_path()}")
 
 
 # --------------------------------------------------------------------------- embed
@@ -268,19 +372,17 @@ def cmd_serve(args):
 def _add_demo_args(p):
     p.add_argument("--runs-dir", default="runs", help="parent folder of the demo's run folder")
     p.add_argument("--report-dir", default=os.path.join("reports", "demo"), help="where the table goes")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (default: 8)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the demo's epochs (default: 6)")
 
 
 def cmd_demo(args):
-    from dataclasses import replace
-
     from imgsim.demo import DemoConfig, run_demo
 
-    train = DemoConfig().train
-    changes = {"runs_dir": args.runs_dir}
+    config = DemoConfig(runs_dir=args.runs_dir, report_dir=args.report_dir)
     if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    run_demo(DemoConfig(train=replace(train, **changes), report_dir=args.report_dir))
+        config.epochs = args.epochs
+    run_demo(config)
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -469,11 +571,14 @@ def cmd_score(args):
 # verb -> (one-line help, function adding its arguments, function running it)
 VERBS = {
     "train": ("train (or resume) a triplet embedding run", _add_train_args, cmd_train),
+    "crossval": ("k-fold-by-scene comparison of a training recipe with ImageNet",
+                 _add_crossval_args, cmd_crossval),
     "embed": ("embed every image under a folder into an .npz", _add_embed_args, cmd_embed),
     "evaluate": ("deep vs SIFT vs fused report on held-out scenes", _add_evaluate_args, cmd_evaluate),
     "sweep": ("run an experiments/<name>.yaml sweep with papermill on Dask", _add_sweep_args, cmd_sweep),
     "serve": ("serve the pair inspector as a web app (Voilà)", _add_serve_args, cmd_serve),
-    "demo": ("train on the embedded sample, compare with ImageNet", _add_demo_args, cmd_demo),
+    "demo": ("train the cross-validated recipe on the embedded sample, compare with ImageNet",
+             _add_demo_args, cmd_demo),
     "reconstruct": ("IMC task: cluster scenes and pose images (pycolmap)", _add_reconstruct_args,
                     cmd_reconstruct),
     "score": ("IMC 2025 score of a submission against ground truth", _add_score_args, cmd_score),

@@ -47,10 +47,12 @@ __all__ = [
     "map_at_r",
     "precision_at_1",
     "recall_at_k",
+    "retrieval_per_query",
     "retrieval_report",
     "roc_auc",
     "tpr_at_fpr",
     "verification_report",
+    "weighted_roc_figures",
 ]
 
 
@@ -141,11 +143,16 @@ def _recall_at_k(relevant, k):
     return float(relevant[:, :k].any(axis=1).mean())
 
 
-def _map_at_r(relevant, n_positives):
+def _ap_at_r(relevant, n_positives):
+    """AP@R of every query (see :func:`map_at_r`)."""
     rank = np.arange(1, relevant.shape[1] + 1)
     precision = np.cumsum(relevant, axis=1) / rank
     counted = relevant & (rank <= n_positives[:, None])
-    return float(((precision * counted).sum(axis=1) / n_positives).mean())
+    return (precision * counted).sum(axis=1) / n_positives
+
+
+def _map_at_r(relevant, n_positives):
+    return float(_ap_at_r(relevant, n_positives).mean())
 
 
 def precision_at_1(embeddings, labels):
@@ -273,16 +280,36 @@ def retrieval_report(embeddings, labels, ks=(1, 5), *, scores=None):
         ``{"precision_at_1": ..., "recall_at_<k>": ... for k in ks,
         "map_at_r": ...}``.
     """
+    per_query = retrieval_per_query(embeddings, labels, ks, scores=scores)
+    return {name: float(values.mean()) for name, values in per_query.items() if name != "query"}
+
+
+def retrieval_per_query(embeddings, labels, ks=(1, 5), *, scores=None):
+    """The per-query values that :func:`retrieval_report` averages.
+
+    Same definitions, lone-query rule and errors as :func:`retrieval_report`;
+    for resampling queries (e.g. a bootstrap over scenes).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_queries,)
+        ``"query"``: the row index of each query (non-lone rows, in order);
+        ``"precision_at_1"``, ``"recall_at_<k>"`` (0/1 floats) and
+        ``"map_at_r"`` (AP@R) of each query. Their means are
+        :func:`retrieval_report`'s figures.
+    """
     ks = list(ks)
     if not ks:
         raise ValueError("ks must contain at least one value")
     for k in ks:
         _check_positive_int(k, "every value in ks")
     relevant, n_positives = _relevance(embeddings, labels, max(ks), up_to_r=True, scores=scores)
-    report = {"precision_at_1": _precision_at_1(relevant)}
-    report.update({f"recall_at_{k}": _recall_at_k(relevant, k) for k in ks})
-    report["map_at_r"] = _map_at_r(relevant, n_positives)
-    return report
+    codes = _codes(np.asarray(labels))
+    out = {"query": np.flatnonzero(np.bincount(codes)[codes] > 1),
+           "precision_at_1": relevant[:, 0].astype(np.float64)}
+    out.update({f"recall_at_{k}": relevant[:, :k].any(axis=1).astype(np.float64) for k in ks})
+    out["map_at_r"] = _ap_at_r(relevant, n_positives)
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -421,6 +448,46 @@ def tpr_at_fpr(y_true, scores, max_fpr=0.01):
     """
     max_fpr = _check_real(max_fpr, "max_fpr", 0, 1)
     return _tpr_at_fpr(*_check_pairs(y_true, scores, both_classes=True), max_fpr)
+
+
+def weighted_roc_figures(y_true, scores, weights, max_fpr=0.01):
+    """ROC AUC and TPR at ``max_fpr`` of the same pairs under many weightings at once.
+
+    Row ``r`` gives what :func:`roc_auc` and :func:`tpr_at_fpr` give for the
+    pairs repeated ``weights[r]`` times (equivalently, sklearn's
+    ``sample_weight``): for a bootstrap, thousands of resamples in one pass.
+
+    Parameters
+    ----------
+    y_true, scores, max_fpr
+        As in :func:`tpr_at_fpr`.
+    weights : array-like of shape (n_sets, n_pairs)
+        Non-negative weights (counts) of every pair in every set.
+
+    Returns
+    -------
+    auc, tpr : ndarray of shape (n_sets,)
+        NaN for a set whose weights leave only one class.
+    """
+    y_true, scores = _check_pairs(y_true, scores)
+    max_fpr = _check_real(max_fpr, "max_fpr", 0, 1)
+    weights = np.asarray(weights, np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(scores) or (weights < 0).any():
+        raise ValueError(f"weights must be a non-negative (n_sets, {len(scores)}) array, "
+                         f"got shape {weights.shape}")
+    order = np.argsort(-scores, kind="stable")
+    ranked, y, w = scores[order], y_true[order], weights[:, order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # end of each block of ties
+    tp = np.cumsum(w * y, axis=1)[:, last]
+    fp = np.cumsum(w * (1 - y), axis=1)[:, last]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.c_[np.zeros(len(w)), tp / tp[:, -1:]]
+        fpr = np.c_[np.zeros(len(w)), fp / fp[:, -1:]]
+        auc = np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2, axis=1)
+        at = np.where(fpr <= max_fpr, tpr, -np.inf).max(axis=1)
+    invalid = (tp[:, -1] == 0) | (fp[:, -1] == 0)
+    auc[invalid], at[invalid] = np.nan, np.nan
+    return auc, at
 
 
 def calibrate_threshold(y_true, scores, method="accuracy", target_fpr=0.01):

@@ -45,6 +45,12 @@ MIN_IMAGE_SIZE = 64
 MAX_IMAGE_SIZE = 1024
 
 
+POOLINGS = ("gap", "gem", "attention")
+HEADS = ("mlp", "linear", "none")
+HEAD_INITS = ("pca", "random", "identity", "whitening")
+MERGES = ("concat", "mean")
+
+
 @dataclass
 class EmbeddingConfig(DictConfig):
     """Hyperparameters of the embedding network.
@@ -60,7 +66,7 @@ class EmbeddingConfig(DictConfig):
     hidden_dim, embedding_dim : int
         Widths of the two dense layers (256 → 128).
     dropout : float
-        Dropout rate after global average pooling.
+        Dropout rate after pooling (heads "mlp" and "linear").
     weight_decay : float
         L2 regularisation factor on the dense kernels.
     trainable_layers : int
@@ -68,11 +74,34 @@ class EmbeddingConfig(DictConfig):
     weights : str or None
         ``"imagenet"`` (the Keras cache), a path to a weights file, or None
         (random initialisation, for tests).
-    head_init : {"pca", "random"}
+    head_init : {"pca", "random", "identity"}
         How training initialises the dense head: ``"pca"`` sets it so that the
-        untrained model outputs the PCA projection of the ImageNet GAP
+        untrained model outputs the PCA projection of the ImageNet pooled
         features (see :func:`init_head_pca`); ``"random"`` keeps Keras'
-        Glorot initialisation.
+        Glorot initialisation; ``"identity"`` (head "linear" with
+        ``embedding_dim`` equal to the feature width) starts at the
+        ImageNet features themselves; ``"whitening"`` (head "linear", same
+        width) starts at the learned whitening of the training images'
+        features (:func:`set_head_whitening`, Radenović et al. 2018).
+    pooling : {"gap", "gem", "attention"}
+        Global average pooling (the seed's), generalised-mean pooling
+        (:class:`GeMPooling2D`, Radenović et al. 2018, trainable exponent) or
+        attention pooling (:class:`AttentionPooling2D`, starts as GAP).
+    gem_p : float
+        Initial GeM exponent (1 is GAP, large values approach max pooling).
+    ensemble_alpha : float or None
+        A second MobileNetV2 backbone of this width (e.g. 0.35 beside 1.0);
+        each backbone's pooled features are L2-normalised, then merged.
+    ensemble : {"concat", "mean"}
+        How the two backbones' features are merged.
+    head : {"mlp", "linear", "none"}
+        ``"mlp"``: the seed's dropout → Dense ``hidden_dim`` ReLU → Dense
+        ``embedding_dim``; ``"linear"``: dropout → Dense ``embedding_dim``;
+        ``"none"``: the pooled features themselves (only the backbone and
+        pooling train). Every head ends with L2 normalisation.
+    whitening_shrinkage : float
+        ``head_init="whitening"``: weight of the identity in the shrunk
+        within-scene covariance, in [0, 1] (1: no whitening).
     """
 
     alpha: float = 1.0
@@ -84,23 +113,43 @@ class EmbeddingConfig(DictConfig):
     trainable_layers: int = 30
     weights: str = "imagenet"
     head_init: str = "pca"
+    pooling: str = "gap"
+    gem_p: float = 3.0
+    ensemble_alpha: float = None
+    ensemble: str = "concat"
+    head: str = "mlp"
+    whitening_shrinkage: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice("head_init", self.head_init, ("pca", "random"))
+        check_choice("head_init", self.head_init, HEAD_INITS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("head", self.head, HEADS)
+        check_choice("ensemble", self.ensemble, MERGES)
         check_choice("alpha", self.alpha, ALPHAS)
+        if self.ensemble_alpha is not None and (self.ensemble_alpha not in ALPHAS
+                                                or self.ensemble_alpha == self.alpha):
+            raise ConfigError(f"ensemble_alpha must be one of {ALPHAS} other than alpha={self.alpha}, "
+                              f"got {self.ensemble_alpha}")
         check_image_size(self.image_size)
         check_range("dropout", self.dropout, 0, 1, high_open=True)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("trainable_layers", self.trainable_layers, 0, integer=True)
         check_range("hidden_dim", self.hidden_dim, 1, integer=True)
         check_range("embedding_dim", self.embedding_dim, 1, integer=True)
+        check_range("gem_p", self.gem_p, 1)
+        check_range("whitening_shrinkage", self.whitening_shrinkage, 0, 1)
+        if self.head_init in ("identity", "whitening") and self.head != "linear":
+            raise ConfigError(f"head_init={self.head_init!r} needs head='linear'")
+
+    def alphas(self):
+        """Width of each backbone: ``[alpha]``, or ``[alpha, ensemble_alpha]``."""
+        return [self.alpha] + ([self.ensemble_alpha] if self.ensemble_alpha is not None else [])
 
 
 def check_image_size(value, name="image_size"):
     """Raise :class:`ConfigError` unless ``value`` is an input side the backbone can take."""
     return check_range(name, value, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, integer=True)
-
 
 
 # --------------------------------------------------------------------------- weights
@@ -142,30 +191,31 @@ def ensure_imagenet_weights(alpha, cache_dir=None, bundled_dir=None):
     return target
 
 
-def build_backbone(config):
+def build_backbone(config, alpha=None):
     """MobileNetV2 without top, on (None, None, 3) inputs, ImageNet weights loaded.
 
     Built on unknown rows so that Keras picks the 224-row weight file whatever
-    ``config.image_size`` is.
+    ``config.image_size`` is. ``alpha`` defaults to ``config.alpha``.
     """
     import keras
 
+    alpha = config.alpha if alpha is None else alpha
     weights = config.weights
     if weights == "imagenet":
-        ensure_imagenet_weights(config.alpha)
+        ensure_imagenet_weights(alpha)
     elif weights is not None and not os.path.isfile(weights):
         raise WeightsNotFoundError(f"{weights}: weights file does not exist")
     try:
         with warnings.catch_warnings():  # "Weights for input shape (224, 224) will be loaded"
             warnings.filterwarnings("ignore", message=".*input_shape.*undefined.*")
             return keras.applications.MobileNetV2(
-                input_shape=(None, None, 3), alpha=config.alpha, include_top=False, weights=weights)
+                input_shape=(None, None, 3), alpha=alpha, include_top=False, weights=weights)
     except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...")
         if weights != "imagenet":
             raise WeightsNotFoundError(f"{weights}: cannot load MobileNetV2 weights ({exc})") from None
-        name = imagenet_weights_name(config.alpha)
+        name = imagenet_weights_name(alpha)
         raise WeightsNotFoundError(
-            f"ImageNet weights for MobileNetV2 alpha={config.alpha:g} are not in the Keras cache "
+            f"ImageNet weights for MobileNetV2 alpha={alpha:g} are not in the Keras cache "
             f"and could not be downloaded: put {name} into {keras_cache_dir()}/ "
             f"(set KERAS_HOME to use another cache folder)") from None
 
@@ -180,16 +230,63 @@ def _freeze(backbone, trainable_layers):
         layer.trainable = (i >= n - trainable_layers) and not is_bn
 
 
+POOL_LAYER_NAMES = {"gap": "gap", "gem": "gem", "attention": "attention_pool"}
+
+
+def _pool_layer(config, name):
+    import keras
+
+    from imgsim.pooling import AttentionPooling2D, GeMPooling2D
+
+    if config.pooling == "gem":
+        return GeMPooling2D(config.gem_p, name=name)
+    if config.pooling == "attention":
+        return AttentionPooling2D(name=name)
+    return keras.layers.GlobalAveragePooling2D(name=name)
+
+
+def _head(config, layer, maps, features_only=False):
+    """Pooling → (per-backbone L2 and merge) → head → L2, from backbone feature maps.
+
+    ``layer(name, make)`` returns the layer called ``name``, building it with
+    ``make()`` the first time: :func:`build_embedding_model` creates the
+    layers, :func:`split_at_cut` calls the same layer objects again.
+    ``features_only`` stops at the head's input (the pooled features).
+    """
+    import keras
+
+    base = POOL_LAYER_NAMES[config.pooling]
+    names = [base] + [f"{base}_{i + 1}" for i in range(1, len(maps))]
+    x = [layer(n, lambda n=n: _pool_layer(config, n))(m) for n, m in zip(names, maps)]
+    if len(x) > 1:
+        x = [layer(f"l2_backbone_{i + 1}", lambda i=i: keras.layers.UnitNormalization(
+            name=f"l2_backbone_{i + 1}"))(f) for i, f in enumerate(x)]
+        merge = keras.layers.Concatenate if config.ensemble == "concat" else keras.layers.Average
+        x = layer("features", lambda: merge(name="features"))(x)
+    else:
+        x = x[0]
+    if features_only:
+        return x
+    regularizer = keras.regularizers.L2(config.weight_decay) if config.weight_decay else None
+    if config.head != "none":
+        x = layer("dropout", lambda: keras.layers.Dropout(config.dropout, name="dropout"))(x)
+    if config.head == "mlp":
+        x = layer("hidden", lambda: keras.layers.Dense(
+            config.hidden_dim, activation="relu", kernel_regularizer=regularizer, name="hidden"))(x)
+    if config.head != "none":
+        x = layer("projection", lambda: keras.layers.Dense(
+            config.embedding_dim, kernel_regularizer=regularizer, name="projection"))(x)
+    return layer("l2_normalize", lambda: keras.layers.UnitNormalization(name="l2_normalize"))(x)
+
+
 def _backbone_features(config):
-    """Input → preprocessing → backbone (inference mode) → GAP; returns (inputs, features, backbone)."""
+    """Input → preprocessing → backbone(s) (inference mode); returns (inputs, maps, backbones)."""
     import keras
 
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_preprocess")(inputs)
-    backbone = build_backbone(config)
-    x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return inputs, x, backbone
+    backbones = [build_backbone(config, alpha) for alpha in config.alphas()]
+    return inputs, [b(x, training=False) for b in backbones], backbones
 
 
 def build_embedding_model(config=None):
@@ -199,60 +296,167 @@ def build_embedding_model(config=None):
     -------
     keras.Model
         Maps (batch, image_size, image_size, 3) float images with values in
-        [0, 255] to (batch, embedding_dim) unit-norm embeddings.
+        [0, 255] to (batch, embedding_dim) unit-norm embeddings (the pooled
+        feature width for ``head="none"``).
     """
     import keras
 
     config = config or EmbeddingConfig()
-    inputs, x, backbone = _backbone_features(config)
-    _freeze(backbone, config.trainable_layers)
-    regularizer = keras.regularizers.L2(config.weight_decay) if config.weight_decay else None
-    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    x = keras.layers.Dense(config.hidden_dim, activation="relu", kernel_regularizer=regularizer,
-                           name="hidden")(x)
-    x = keras.layers.Dense(config.embedding_dim, kernel_regularizer=regularizer, name="projection")(x)
-    outputs = keras.layers.UnitNormalization(name="l2_normalize")(x)
-    return keras.Model(inputs, outputs, name="imgsim_embedding")
+    inputs, maps, backbones = _backbone_features(config)
+    for backbone in backbones:
+        _freeze(backbone, config.trainable_layers)
+    made = {}
+
+    def layer(name, make):
+        if name not in made:
+            made[name] = make()
+        return made[name]
+
+    return keras.Model(inputs, _head(config, layer, maps), name="imgsim_embedding")
 
 
 def build_imagenet_baseline(config=None):
-    """ImageNet MobileNetV2 GAP features, L2-normalised: the no-fine-tuning baseline."""
+    """ImageNet MobileNetV2 GAP features, L2-normalised: the no-fine-tuning baseline.
+
+    Only ``alpha`` and ``image_size`` of ``config`` matter.
+    """
     import keras
 
     config = config or EmbeddingConfig()
-    inputs, x, _ = _backbone_features(config)
+    plain = EmbeddingConfig(alpha=config.alpha, image_size=config.image_size,
+                            weights=config.weights, head="none")
+    inputs, maps, _ = _backbone_features(plain)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(maps[0])
     outputs = keras.layers.UnitNormalization(name="l2_normalize")(x)
     return keras.Model(inputs, outputs, name="imagenet_gap")
 
 
-def gap_features(model, images, batch_size=32):
-    """ImageNet GAP features (before dropout and the head) of an embedding model."""
+# --------------------------------------------------------------------------- parts of the model
+
+
+def backbones_of(model):
+    """The MobileNetV2 backbone(s) nested in an embedding model, in order."""
     import keras
 
-    features = keras.Model(model.input, model.get_layer("gap").output)
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def features_layer(model):
+    """The layer whose output the head starts from (merged or pooled backbone features)."""
+    names = {layer.name for layer in model.layers}
+    for name in ("features", *POOL_LAYER_NAMES.values()):
+        if name in names:
+            return model.get_layer(name)
+    raise ConfigError(f"model {model.name!r} has no pooled-features layer")
+
+
+def cut_layer(backbone, trainable_layers):
+    """Name of the layer whose output separates a backbone's frozen part from the rest.
+
+    The latest layer before the first of the last ``trainable_layers`` layers
+    whose output is the only tensor the later layers need (a block boundary;
+    the backbone's last layer when nothing is trainable). Caching that output
+    (:mod:`imgsim.features`) makes the frozen part run once per image.
+    """
+    layers = backbone.layers
+    first_trainable = len(layers) - min(trainable_layers, len(layers) - 1)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    producers = []
+    for layer in layers:
+        tensors = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        producers.append([index[id(t._keras_history.operation)] for t in tensors
+                          if id(t._keras_history.operation) in index
+                          and t._keras_history.operation is not layer])
+    for cut in range(first_trainable - 1, 0, -1):
+        if all(p >= cut for later in producers[cut + 1:] for p in later):
+            return layers[cut].name
+    return layers[0].name
+
+
+_CUTS = {}  # (alpha, trainable_layers) -> cut layer name
+
+
+def cut_layer_name(config, alpha=None):
+    """:func:`cut_layer` of a backbone of ``config`` (built once without weights, then remembered)."""
+    import keras
+
+    key = (config.alpha if alpha is None else alpha, config.trainable_layers)
+    if key not in _CUTS:
+        backbone = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=key[0],
+                                                  include_top=False, weights=None)
+        _CUTS[key] = cut_layer(backbone, key[1])
+    return _CUTS[key]
+
+
+def split_at_cut(model, config, features_only=False):
+    """The embedding model from its backbones' cut tensors (see :func:`cut_layer`).
+
+    Returns
+    -------
+    keras.Model
+        Inputs: one (batch, h, w, c) feature map per backbone, the output of
+        its cut layer; output: the embedding (``features_only``: the pooled
+        features the head starts from). It shares every layer (and so every
+        weight) with ``model``: training it trains ``model``.
+    """
+    import keras
+
+    inputs, maps = [], []
+    for i, backbone in enumerate(backbones_of(model)):
+        name = cut_layer(backbone, config.trainable_layers)
+        cut = backbone.get_layer(name).output
+        inputs.append(keras.Input(tuple(cut.shape[1:]), name=f"cut_features_{i + 1}"))
+        if name == backbone.layers[-1].name:  # nothing trainable: the head alone
+            maps.append(inputs[-1])
+        else:
+            rest = keras.Model(cut, backbone.output, name=f"{backbone.name}_after_cut")
+            maps.append(rest(inputs[-1], training=False))
+    outputs = _head(config, lambda name, make: model.get_layer(name), maps, features_only)
+    return keras.Model(inputs, outputs, name="imgsim_embedding_tail")
+
+
+def frozen_stems(config):
+    """Per backbone: image → preprocessing → frozen part up to the cut (a new, separate model).
+
+    Returns
+    -------
+    list of keras.Model
+        Each maps (batch, image_size, image_size, 3) float images in [0, 255]
+        to its backbone's cut feature map.
+    """
+    import keras
+
+    stems = []
+    for alpha in config.alphas():
+        inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_preprocess")(inputs)
+        backbone = build_backbone(config, alpha)
+        cut = backbone.get_layer(cut_layer(backbone, config.trainable_layers)).output
+        stem = keras.Model(backbone.input, cut)
+        stems.append(keras.Model(inputs, stem(x, training=False), name=f"stem_{alpha:g}"))
+    return stems
+
+
+def gap_features(model, images, batch_size=32):
+    """Pooled backbone features (before dropout and the head) of an embedding model."""
+    import keras
+
+    features = keras.Model(model.input, features_layer(model).output)
     return embed(features, images, batch_size)
 
 
 def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False):
-    """Start the head at the PCA projection of the backbone's GAP features.
+    """Start the head at the PCA projection of the backbone's pooled features.
 
-    With hidden width ``2 m`` and embedding width ``m``, the hidden layer computes
-    ``[relu(z), relu(-z)]`` for ``z = P x`` and the projection computes
-    ``relu(z) - relu(-z) = z``, where ``x`` is the GAP feature vector and ``P``
-    holds the top ``m`` right singular vectors of the GAP features of
-    ``images`` (uncentred, so that, like the ImageNet baseline, the model
-    compares feature directions), completed with random orthonormal directions
-    when the images span fewer than ``m``. The untrained model then ranks
-    images as the projected ImageNet features do, and the triplet loss
-    fine-tunes from there rather than from a random head.
+    See :func:`set_head_pca`; this computes the features of ``images`` (and,
+    with ``copies > 0``, of ``copies`` augmented versions of every image, so
+    that a small training set spans more of the feature space) and calls it.
 
     Parameters
     ----------
     model : keras.Model from :func:`build_embedding_model`
     images : array of shape (n, size, size, 3), values in [0, 255]
     augment : keras layer, optional
-        With ``copies > 0``, ``copies`` augmented versions of every image join
-        the PCA: a small training set then spans more of the feature space.
     copies : int
     seed : int
     progress : bool
@@ -262,18 +466,30 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False)
     -------
     float: fraction of the features' energy the ``m`` directions keep.
     """
-    hidden, projection = model.get_layer("hidden"), model.get_layer("projection")
-    m = projection.units
-    if hidden.units != 2 * m:
-        raise ConfigError(f"head_init='pca' needs hidden_dim == 2 * embedding_dim, got "
-                          f"{hidden.units} and {m}")
+    _check_pca_head(model)
+    return set_head_pca(model, pooled_features(model, images, augment, copies, progress), seed)
+
+
+def pooled_features(model, images, augment=None, copies=0, progress=False):
+    """Pooled features of ``images`` and of ``copies`` augmented versions of them.
+
+    Parameters
+    ----------
+    progress : bool
+        Show a tqdm bar over the ``(1 + copies) * n`` images it embeds.
+
+    Returns
+    -------
+    numpy.ndarray of shape ((copies + 1) * n, feature_dim): the images first,
+    then each round of copies in the same order.
+    """
     import keras
     from tqdm.auto import tqdm
 
-    features = keras.Model(model.input, model.get_layer("gap").output)
+    features = keras.Model(model.input, features_layer(model).output)
     passes = [None] + [augment] * (copies if augment is not None else 0)
     feats = []
-    with tqdm(total=len(passes) * len(images), desc="head PCA init", unit="img",
+    with tqdm(total=len(passes) * len(images), desc="head init features", unit="img",
               disable=not progress) as bar:
         for layer in passes:  # batches of 32, as embed() runs them
             for i in range(0, len(images), 32):
@@ -282,7 +498,49 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False)
                     batch = np.asarray(layer(batch.astype(np.float32), training=True))
                 feats.append(embed(features, batch))
                 bar.update(len(batch))
-    x = np.concatenate(feats).astype(np.float64)
+    return np.concatenate(feats)
+
+
+def _check_pca_head(model):
+    """Raise ConfigError unless the model's head can start at a PCA projection."""
+    names = {layer.name for layer in model.layers}
+    if "projection" not in names:
+        raise ConfigError("head_init='pca' needs a dense head (head 'mlp' or 'linear')")
+    if "hidden" in names:
+        hidden, m = model.get_layer("hidden"), model.get_layer("projection").units
+        if hidden.units != 2 * m:
+            raise ConfigError(f"head_init='pca' needs hidden_dim == 2 * embedding_dim, got "
+                              f"{hidden.units} and {m}")
+
+
+def set_head_pca(model, features, seed=0):
+    """Set the head so that the untrained model outputs the PCA projection of ``features``.
+
+    For head "mlp" with hidden width ``2 m`` and embedding width ``m``, the
+    hidden layer computes ``[relu(z), relu(-z)]`` for ``z = P x`` and the
+    projection computes ``relu(z) - relu(-z) = z``; head "linear" computes
+    ``z = P x`` directly. ``x`` is the pooled feature vector and ``P`` holds
+    the top ``m`` right singular vectors of ``features`` (uncentred, so that,
+    like the ImageNet baseline, the model compares feature directions),
+    completed with random orthonormal directions when they span fewer than
+    ``m``. The untrained model then ranks images as the projected ImageNet
+    features do, and the triplet loss fine-tunes from there.
+
+    Parameters
+    ----------
+    model : keras.Model from :func:`build_embedding_model`
+    features : array of shape (n, feature_dim)
+        Pooled features (the input of the head) of the training images.
+    seed : int
+
+    Returns
+    -------
+    float: fraction of the features' energy the ``m`` directions keep.
+    """
+    _check_pca_head(model)
+    projection = model.get_layer("projection")
+    m = projection.units
+    x = np.asarray(features, np.float64)
     _, singular, vt = np.linalg.svd(x, full_matrices=False)
     rank = int(np.sum(singular > singular[0] * 1e-6)) if len(singular) else 0
     basis = vt[:min(rank, m)]
@@ -291,11 +549,77 @@ def init_head_pca(model, images, augment=None, copies=0, seed=0, progress=False)
         extra -= extra @ basis.T @ basis
         basis = np.vstack([basis, np.linalg.qr(extra.T)[0].T])
     kept = float(np.sum(singular[:m] ** 2) / max(np.sum(singular ** 2), 1e-12))
-    hidden.set_weights([np.concatenate([basis.T, -basis.T], axis=1).astype(np.float32),
-                        np.zeros(2 * m, np.float32)])
-    projection.set_weights([np.concatenate([np.eye(m), -np.eye(m)]).astype(np.float32),
-                            np.zeros(m, np.float32)])
+    if "hidden" in {layer.name for layer in model.layers}:
+        model.get_layer("hidden").set_weights([
+            np.concatenate([basis.T, -basis.T], axis=1).astype(np.float32),
+            np.zeros(2 * m, np.float32)])
+        projection.set_weights([np.concatenate([np.eye(m), -np.eye(m)]).astype(np.float32),
+                                np.zeros(m, np.float32)])
+    else:
+        projection.set_weights([basis.T.astype(np.float32), np.zeros(m, np.float32)])
     return kept
+
+
+def set_head_whitening(model, features, labels, shrinkage=0.5, pairs_per_scene=2000, seed=0):
+    """Head "linear" as the learned whitening of ``features`` (Radenović et al. 2018).
+
+    ``z = P (x - μ)`` with ``μ`` the mean feature and ``P = C^(-1/2)`` for the
+    within-scene covariance ``C`` of the differences of same-scene pairs
+    (up to ``pairs_per_scene`` per scene, seeded), shrunk toward the identity:
+    ``C ← (1 - s) C + s (tr C / d) I``. Directions in which photos of one
+    scene vary are damped, the others kept; the shrinkage keeps it stable
+    with few training photos. Then L2 normalisation, as always.
+
+    Parameters
+    ----------
+    model : keras.Model with head "linear" and ``embedding_dim`` = feature width
+    features : array of shape (n, d)
+        Pooled features of the training images (augmented copies welcome).
+    labels : array of shape (n,)
+        Scene of each row.
+    shrinkage : float in [0, 1]
+    pairs_per_scene : int
+    seed : int
+
+    Returns
+    -------
+    float: the condition number of the shrunk covariance.
+    """
+    x = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    projection = model.get_layer("projection")
+    if projection.units != x.shape[1]:
+        raise ConfigError(f"head_init='whitening' needs embedding_dim == the feature width "
+                          f"{x.shape[1]}, got {projection.units}")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        i, j = np.triu_indices(len(rows), k=1)
+        keep = rng.permutation(len(i))[:pairs_per_scene]
+        diffs.append(x[rows[i[keep]]] - x[rows[j[keep]]])
+    d = np.concatenate(diffs) if diffs else np.zeros((0, x.shape[1]))
+    if not len(d):
+        raise ConfigError("head_init='whitening' needs scenes with at least 2 training images")
+    c = d.T @ d / len(d)
+    c = (1 - shrinkage) * c + shrinkage * np.trace(c) / len(c) * np.eye(len(c))
+    values, vectors = np.linalg.eigh(c)
+    values = np.maximum(values, values.max() * 1e-12)
+    p = (vectors / np.sqrt(values)) @ vectors.T
+    mean = x.mean(axis=0)
+    projection.set_weights([p.T.astype(np.float32), (-mean @ p.T).astype(np.float32)])
+    return float(values.max() / values.min())
+
+
+def set_head_identity(model):
+    """Head "linear" with as many outputs as inputs: start at the identity (ImageNet features)."""
+    projection = model.get_layer("projection")
+    kernel = projection.get_weights()[0]
+    if kernel.shape[0] != kernel.shape[1]:
+        raise ConfigError(f"head_init='identity' needs embedding_dim == the feature width "
+                          f"{kernel.shape[0]}, got {kernel.shape[1]}")
+    projection.set_weights([np.eye(kernel.shape[0], dtype=np.float32),
+                            np.zeros(kernel.shape[0], np.float32)])
 
 
 def save_model(model, path):
@@ -317,6 +641,7 @@ def load_model(path):
     import keras
 
     import imgsim.losses  # noqa: F401  (registers the loss for saved compile configs)
+    import imgsim.pooling  # noqa: F401  (registers the pooling layers)
 
     if not os.path.isfile(path):
         problem = "is a directory, expected a .keras file" if os.path.isdir(path) else \

@@ -45,12 +45,14 @@ from imgsim.fileio import (
     check_output_dir,
     read_json,
 )
+from imgsim.batches import CachedPKBatches, PKBatches, SamplerEpoch  # noqa: F401  (PKBatches: API)
 from imgsim.losses import DISTANCE_METRICS
 from imgsim.model import EmbeddingConfig
 
 MONITORS = {"val_map_at_r": "max", "val_precision_at_1": "max", "val_loss": "min"}
 # Fields that do not change a run's result: left out of its id and of the config comparison.
-NOT_IN_RUN_ID = ("runs_dir", "run_name", "workers")
+NOT_IN_RUN_ID = ("runs_dir", "run_name", "workers", "cache_dir")
+MODES = ("full", "fast")
 
 
 @dataclass
@@ -95,6 +97,38 @@ class TrainConfig(DictConfig):
         Bad input files: stop with an error, or skip and count them in the log.
     workers : int
         Threads that build batches ahead of the training step.
+    miner : {"semihard", "hard", "all", "distance_weighted"}
+        Triplet mining (:mod:`imgsim.losses`); "semihard" is the seed's.
+    soft : bool
+        Soft-margin triplets (miners "hard", "all", "distance_weighted").
+    xbm_size : int
+        Cross-batch memory slots (XBM; 0: off): positives and negatives are
+        also mined among the last ``xbm_size`` training embeddings.
+    sampling : {"pk", "dataset"}
+        "pk": ``p`` random scenes per batch; "dataset": the ``p`` scenes come
+        from as few datasets as possible (look-alike negatives).
+    l2sp : float
+        L2-SP strength: ``l2sp · Σ (w - w_ImageNet)²`` over the trainable
+        backbone weights (0: off).
+    backbone_lr_factor : float
+        The backbone's learning rate relative to the head's.
+    unfreeze_every : int
+        Gradual unfreezing: the trainable backbone blocks join one at a time,
+        from the top, every this many epochs (0: all from the start).
+    mode : {"full", "fast"}
+        "full": images through the whole network, fresh augmentation per
+        batch. "fast": the frozen part of the network runs once per image
+        and per augmented copy (:mod:`imgsim.features`, cached on disk) and
+        only the trainable rest trains — with ``trainable_layers=0``, a head
+        on cached backbone features.
+    cache_copies : int
+        Fast mode: augmented copies cached per training image.
+    cache_dir : str or None
+        Fast mode: feature cache folder (default ``~/.cache/imgsim/features``).
+    split : dict or None
+        Explicit ``{"train": [...], "val": [...], "test": [...]}`` scene keys
+        (``dataset/scene``), e.g. one fold of :mod:`imgsim.crossval`; None
+        splits by ``val_fraction``/``test_fraction``.
     """
 
     data: str = "data/sample"
@@ -121,6 +155,17 @@ class TrainConfig(DictConfig):
     seed: int = 0
     on_error: str = "raise"
     workers: int = 2
+    miner: str = "semihard"
+    soft: bool = False
+    xbm_size: int = 0
+    sampling: str = "pk"
+    l2sp: float = 0.0
+    backbone_lr_factor: float = 1.0
+    unfreeze_every: int = 0
+    mode: str = "full"
+    cache_copies: int = 8
+    cache_dir: str = None
+    split: dict = None
 
     def __post_init__(self):
         if isinstance(self.embedding, dict):
@@ -157,6 +202,38 @@ class TrainConfig(DictConfig):
         check_range("split_seed", self.split_seed, 0, 2**32 - 1, integer=True)
         check_choice("on_error", self.on_error, images_mod.ON_ERROR)
         check_range("workers", self.workers, 1, integer=True)
+        self._check_recipe()
+
+    def _check_recipe(self):
+        """The options of issue 12's recipes: miner, memory, sampling, fine-tuning, mode."""
+        from imgsim.batches import SAMPLINGS
+        from imgsim.losses import MINERS
+
+        for name, allowed in (("miner", MINERS), ("sampling", SAMPLINGS), ("mode", MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.miner == "semihard" and self.soft:
+            raise ConfigError("soft=True needs miner 'hard', 'all' or 'distance_weighted'")
+        if self.miner == "distance_weighted" and self.distance_metric != "L2":
+            raise ConfigError("miner='distance_weighted' needs distance_metric='L2'")
+        if self.xbm_size and self.xbm_size < self.p * self.k:
+            raise ConfigError(f"xbm_size must be 0 (off) or at least the batch size p*k = "
+                              f"{self.p * self.k}, got {self.xbm_size}")
+        for name in ("xbm_size", "unfreeze_every", "cache_copies"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.l2sp >= 0:
+            raise ConfigError(f"l2sp must be >= 0, got {self.l2sp}")
+        if not self.backbone_lr_factor > 0:
+            raise ConfigError(f"backbone_lr_factor must be positive, got {self.backbone_lr_factor}")
+        e = self.embedding
+        if e.head == "none" and e.trainable_layers == 0 and e.pooling == "gap":
+            raise ConfigError("nothing to train: head='none', pooling='gap' and trainable_layers=0")
+        if self.split is not None:
+            missing = [part for part in ("train", "val", "test") if part not in self.split]
+            if missing:
+                raise ConfigError(f"split needs the keys train, val and test; missing {missing}")
+
 
     def run_id(self):
         """Stable 12-hex-digit hash of everything that changes the result."""
@@ -170,61 +247,42 @@ class TrainConfig(DictConfig):
         return os.path.join(self.runs_dir, self.run_name or self.run_id())
 
 
-# --------------------------------------------------------------------------- batches
-
-
 def _keras():
     import keras
 
     return keras
 
 
-class PKBatches(_keras().utils.PyDataset):
-    """Class-balanced batches: ``p`` classes × ``k`` images each, augmented.
+def flat_config(**options):
+    """A :class:`TrainConfig` from flat options, as the CLI and the notebooks name them.
 
-    Parameters
-    ----------
-    images : uint8 array of shape (n, size, size, 3)
-        Decoded once, up front (decoding runs in parallel threads).
-    labels : int array of shape (n,)
-    p, k : int
-        A class with fewer than ``k`` images is sampled with replacement; with
-        fewer than ``p`` classes every class is in every batch.
-    steps : int
-        Batches per epoch.
-    augment : keras layer or None
-        Called with ``training=True`` on each batch, in the loader threads.
-    seed : int
+    Keys: every ``TrainConfig`` field except ``embedding`` and ``augment``;
+    every ``EmbeddingConfig`` field (``hidden_dim`` None: twice
+    ``embedding_dim`` for the "mlp" head, as its PCA start needs);
+    ``augment_strength`` (``AugmentConfig.strength``). None values take the
+    field's default.
+
+    Raises
+    ------
+    ConfigError
+        Naming an unknown key.
     """
+    from dataclasses import fields
 
-    def __init__(self, images, labels, p, k, steps, augment=None, seed=0, workers=1, **kwargs):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4, **kwargs)
-        self.images, self.labels = images, np.asarray(labels)
-        self.classes = np.unique(self.labels)
-        self.members = {c: np.flatnonzero(self.labels == c) for c in self.classes}
-        self.p, self.k, self.steps = min(p, len(self.classes)), k, steps
-        self.augment, self.seed, self.epoch = augment, seed, 0
+    from imgsim.augment import AugmentConfig
 
-    def __len__(self):
-        return self.steps
-
-    def batch_indices(self, index):
-        """Image indices of batch ``index`` of the current epoch (deterministic)."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        chosen = rng.choice(self.classes, self.p, replace=False)
-        picks = [rng.choice(self.members[c], self.k, replace=len(self.members[c]) < self.k)
-                 for c in chosen]
-        return np.concatenate(picks)
-
-    def __getitem__(self, index):
-        idx = self.batch_indices(index)
-        x = self.images[idx].astype(np.float32)
-        if self.augment is not None:
-            x = np.asarray(self.augment(x, training=True), np.float32)
-        return x, self.labels[idx].astype(np.int32)
-
-    def on_epoch_end(self):
-        self.epoch += 1
+    options = {k: v for k, v in options.items() if v is not None}
+    train_keys = {f.name for f in fields(TrainConfig)} - {"embedding", "augment"}
+    embedding_keys = {f.name for f in fields(EmbeddingConfig)}
+    unknown = sorted(set(options) - train_keys - embedding_keys - {"augment_strength"})
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+    embedding = {k: v for k, v in options.items() if k in embedding_keys}
+    if "hidden_dim" not in embedding and embedding.get("head", EmbeddingConfig.head) == "mlp":
+        embedding["hidden_dim"] = 2 * embedding.get("embedding_dim", EmbeddingConfig.embedding_dim)
+    augment = AugmentConfig(strength=options.get("augment_strength", AugmentConfig.strength))
+    return TrainConfig(embedding=EmbeddingConfig(**embedding), augment=augment,
+                       **{k: v for k, v in options.items() if k in train_keys})
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -236,24 +294,51 @@ class RetrievalValidation(_keras().callbacks.Callback):
     ``val_recall_at_1``, ``val_recall_at_5`` and ``val_map_at_r``.
 
     Must come before the callbacks that monitor them (they share the logs dict).
+
+    Parameters
+    ----------
+    images : array or tuple of arrays
+        Validation images, or (fast mode) their cached cut features, one array
+        per backbone.
+    labels : int array of shape (n,)
+    loss : keras loss (plain, without a cross-batch memory)
+    embedder : keras.Model or None
+        The network that embeds ``images``; default the model being trained.
     """
 
-    def __init__(self, images, labels, loss, batch_size=32):
+    def __init__(self, images, labels, loss, batch_size=32, embedder=None):
         super().__init__()
         self.images, self.labels, self.loss, self.batch_size = images, labels, loss, batch_size
+        self.embedder = embedder
 
     def on_epoch_end(self, epoch, logs=None):
         from imgsim.metrics import retrieval_report
-        from imgsim.model import embed
 
-        embeddings = embed(self.model, self.images, self.batch_size)
+        model = self.embedder or self.model
+        x = self.images
+        embeddings = np.concatenate([np.asarray(model.predict_on_batch(
+            x[i:i + self.batch_size] if not isinstance(x, tuple)
+            else [f[i:i + self.batch_size] for f in x]), np.float32)
+            for i in range(0, len(self.labels), self.batch_size)])
         logs["val_loss"] = float(self.loss(self.labels.astype(np.float32), embeddings))
         for name, value in retrieval_report(embeddings, self.labels, ks=(1, 5)).items():
             logs["val_" + name] = value
 
 
 class AtomicModelCheckpoint(_keras().callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` that writes a temporary file and renames it into place."""
+    """``ModelCheckpoint`` that writes a temporary file and renames it into place.
+
+    ``saved_model`` (default: the model being trained) is what gets saved:
+    the embedding network, when training runs a wrapper of it (cached
+    features, a cross-batch memory).
+    """
+
+    def __init__(self, filepath, saved_model=None, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.saved_model = saved_model
+
+    def set_model(self, model):
+        super().set_model(self.saved_model or model)
 
     def _save_model(self, epoch, batch, logs):
         final = self.filepath
@@ -293,7 +378,10 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
     Keras restores weights, optimizer state and the epoch counter; this
     subclass also restores the running state (best value, patience counters) of
     the ``stateful`` callbacks so that early stopping, LR reduction and
-    best-checkpoint saving continue exactly. Put it last in the callback list:
+    best-checkpoint saving continue exactly, and the model's random-generator
+    states (dropout masks). With the batches a function of the epoch
+    (:class:`~imgsim.batches.SamplerEpoch`), a resumed run gives the history
+    of an uninterrupted one. Put it last in the callback list:
     its ``on_train_begin`` must run after theirs (which reset that state).
     """
 
@@ -306,11 +394,14 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
         super().on_train_begin(logs)
         if not os.path.exists(self._training_metadata_path):
             return
-        saved = read_json(self._training_metadata_path).get("callbacks", {})
+        metadata = read_json(self._training_metadata_path)
+        saved = metadata.get("callbacks", {})
         for i, callback in enumerate(self.stateful):
             for attr, value in saved.get(str(i), {}).items():
                 if value is not None:  # None: not finite when saved; keep Keras' initial value
                     setattr(callback, attr, value)
+        for variable, value in zip(_seed_states(self.model), metadata.get("seed_states", [])):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -330,8 +421,20 @@ class RunBackup(_keras().callbacks.BackupAndRestore):
             raise OutputError(f"{self._weights_path}: cannot write ({exc.strerror or exc})") from None
         state = {str(i): {a: _plain_number(getattr(c, a, None)) for a in _state_attrs(c)}
                  for i, c in enumerate(self.stateful)}
+        seeds = [np.asarray(v).tolist() for v in _seed_states(self.model)]
         atomic_write_json(self._training_metadata_path, {
-            "epoch": self._current_epoch, "batch": self._last_batch_seen, "callbacks": state})
+            "epoch": self._current_epoch, "batch": self._last_batch_seen, "callbacks": state,
+            "seed_states": seeds})
+
+
+def _seed_states(model):
+    """The model's random-generator state variables (e.g. Dropout's), which ``save_weights`` skips.
+
+    Restoring them on resume makes the dropout masks of the resumed epochs
+    those of an uninterrupted run.
+    """
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 def _plain_number(value):
@@ -454,8 +557,32 @@ def devices():
     return []
 
 
+def scene_split(config, table):
+    """The run's split: ``config.split`` (checked against the table) or a seeded split by scene."""
+    if config.split is None:
+        return data_mod.split_scenes(table, config.val_fraction, config.test_fraction,
+                                     config.split_seed)
+    split = data_mod.Split.from_dict(config.split)
+    known = set(data_mod.scene_keys(table))
+    unknown = sorted(set(split.train + split.val + split.test) - known)
+    if unknown:
+        raise ConfigError(f"split: scene(s) not in {config.data}: {', '.join(unknown[:5])}")
+    return split
+
+
 def prepare_data(config, log):
-    """Table, split and decoded train/val arrays of a run (bad files handled per ``on_error``)."""
+    """Table, split and train/val inputs of a run (bad files handled per ``on_error``).
+
+    Returns
+    -------
+    split : Split
+    parts : dict
+        ``parts[part] = (x, labels, datasets)`` for part "train" and "val";
+        ``x`` holds decoded images (mode "full") or, in mode "fast", the
+        cached cut features: a list of (n, copies + 1, h, w, c) arrays for
+        "train" and a tuple of (n, h, w, c) arrays (copy 0) for "val".
+    n_bad : int
+    """
     bad = images_mod.BadFiles()
     with warnings.catch_warnings(record=True) as notes:  # label repairs go to the run log
         warnings.simplefilter("always", DataWarning)
@@ -465,19 +592,30 @@ def prepare_data(config, log):
             log(f"note: {note.message}")
         else:
             warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
-    split = data_mod.split_scenes(table, config.val_fraction, config.test_fraction, config.split_seed)
-    size = config.embedding.image_size
+    split = scene_split(config, table)
     parts = {}
     for part in ("train", "val"):
         rows = data_mod.select(table, getattr(split, part))
-        images, ok = images_mod.load_images(rows["path"], size, on_error=config.on_error, bad=bad,
-                                          workers=max(2, config.workers), progress=False)
-        parts[part] = (images, data_mod.label_ids(rows)[ok])
+        if config.mode == "fast":
+            from imgsim.features import FeatureCache
+
+            x, ok = FeatureCache(config.cache_dir).maps(
+                rows["path"], config.embedding, config.augment, config.cache_copies,
+                config.seed, on_error=config.on_error, bad=bad)
+            x = x if part == "train" else tuple(m[:, 0] for m in x)
+        else:
+            x, ok = images_mod.load_images(rows["path"], config.embedding.image_size,
+                                           on_error=config.on_error, bad=bad,
+                                           workers=max(2, config.workers), progress=False)
+        parts[part] = (x, data_mod.label_ids(rows)[ok], rows["dataset"].to_numpy()[ok])
     if len(bad):
         log(f"skipped {len(bad)} bad input(s):\n{bad.summary()}")
+    n = {part: len(parts[part][1]) for part in parts}
     log(f"data: {len(table)} images, {table['scene'].nunique()} scenes; "
-        f"train {len(parts['train'][0])} images in {len(split.train)} scenes, "
-        f"val {len(parts['val'][0])} images in {len(split.val)} scenes, test scenes {len(split.test)}")
+        f"train {n['train']} images in {len(split.train)} scenes, "
+        f"val {n['val']} images in {len(split.val)} scenes, test scenes {len(split.test)}"
+        + (f"; fast mode: cached features, {config.cache_copies} augmented copies per image"
+           if config.mode == "fast" else ""))
     return split, parts, len(bad)
 
 
@@ -488,6 +626,111 @@ def remove_stale_temporaries(run_dir):
             for name in os.listdir(folder):
                 if name.startswith(".tmp-"):
                     os.remove(os.path.join(folder, name))
+
+
+BEST_TRAINED = "best_trained.weights.h5"  # fast mode: weights of the trained part, best epoch
+
+
+def build_networks(config, train_x, train_y, resuming, log):
+    """The networks of a run, the head initialised, the training model compiled.
+
+    Returns
+    -------
+    model : keras.Model
+        The whole embedding network (what ``best.keras`` holds).
+    net : keras.Model
+        What embeds the training inputs: ``model`` itself, or in fast mode
+        the part after the frozen cut (:func:`imgsim.model.split_at_cut`).
+    trained : keras.Model
+        What ``fit`` trains: ``net``, or ``net`` followed by a
+        :class:`~imgsim.losses.CrossBatchMemory` (``xbm_size > 0``), compiled
+        with the run's loss and a :class:`~imgsim.finetune.LayerwiseAdam`.
+    optimizer : LayerwiseAdam
+    """
+    keras = _keras()
+    from imgsim.finetune import LayerwiseAdam, apply_l2sp, backbone_groups
+    from imgsim.losses import CrossBatchMemory, make_loss
+    from imgsim.model import backbones_of, build_embedding_model, split_at_cut
+
+    model = build_embedding_model(config.embedding)
+    net = split_at_cut(model, config.embedding) if config.mode == "fast" else model
+    if not resuming:
+        init_head(config, model, train_x, train_y, log)
+    backbones = backbones_of(model)
+    if apply_l2sp(backbones, config.l2sp):
+        log(f"L2-SP {config.l2sp:g} toward the ImageNet weights of the trainable backbone layers")
+    groups, n_groups = backbone_groups(backbones)
+    optimizer = LayerwiseAdam(groups, n_groups, learning_rate=config.learning_rate)
+    trained = net
+    if config.xbm_size:
+        labels = keras.Input((), dtype="int32", name="labels")
+        packed = CrossBatchMemory(config.xbm_size, name="cross_batch_memory")([net.output, labels])
+        trained = keras.Model([*net.inputs, labels], packed, name="imgsim_train_xbm")
+    trained.compile(optimizer=optimizer, loss=make_loss(
+        config.miner, config.margin, config.distance_metric, config.soft, bool(config.xbm_size)))
+    return model, net, trained, optimizer
+
+
+def init_head(config, model, train_x, train_y, log):
+    """Initialise the head per ``config.embedding.head_init`` (PCA, whitening, identity, random)."""
+    from imgsim import model as model_mod
+
+    e = config.embedding
+    if e.head_init == "identity":
+        model_mod.set_head_identity(model)
+        log("head initialised at the identity: training starts from the ImageNet features")
+    if e.head_init not in ("pca", "whitening") or e.head == "none":
+        return
+    pooled, copies = pooled_training_features(config, model, train_x)
+    if e.head_init == "whitening":
+        labels = np.tile(np.asarray(train_y), copies + 1)
+        condition = model_mod.set_head_whitening(model, pooled, labels, e.whitening_shrinkage,
+                                                 seed=config.seed)
+        log(f"head initialised at the learned whitening of the pooled features of the training "
+            f"images and {copies} augmented copies (shrinkage {e.whitening_shrinkage:g}, "
+            f"condition number {condition:.3g})")
+        return
+    kept = model_mod.set_head_pca(model, pooled, config.seed)
+    log(f"head initialised from the PCA of the pooled features of the training images and "
+        f"{copies} augmented copies ({kept:.1%} of their energy)")
+
+
+def pooled_training_features(config, model, train_x):
+    """Pooled features of the training images and ``pca_copies`` augmented copies.
+
+    Returns
+    -------
+    (features, copies) : array of shape ((copies + 1) * n, d), rows of copy
+        ``c`` of every image after those of copy ``c - 1``; and ``copies``.
+    """
+    from imgsim import model as model_mod
+
+    if config.mode != "fast":
+        from imgsim.augment import build_augmentation
+
+        return model_mod.pooled_features(model, train_x, build_augmentation(config.augment),
+                                         config.pca_copies, progress=True), config.pca_copies
+    features = model_mod.split_at_cut(model, config.embedding, features_only=True)
+    copies = min(config.pca_copies, train_x[0].shape[1] - 1)
+    pooled = []
+    for c in range(copies + 1):  # copy-major, as in full mode
+        x = [f[:, c] for f in train_x]
+        pooled.append(np.concatenate([features.predict_on_batch(
+            [v[i:i + 64].astype(np.float32) for v in x]) for i in range(0, len(x[0]), 64)]))
+    return np.concatenate(pooled), copies
+
+
+def training_batches(config, train_x, train_y, datasets):
+    """P×K batches of the training inputs (images, or cached features in fast mode)."""
+    from imgsim.augment import build_augmentation
+
+    steps = config.steps_per_epoch or max(1, len(train_y) // (config.p * config.k))
+    common = dict(seed=config.seed, workers=config.workers, groups=datasets, infinite=True,
+                  sampling=config.sampling, with_labels_input=bool(config.xbm_size))
+    if config.mode == "fast":
+        return CachedPKBatches(train_x, train_y, config.p, config.k, steps, **common)
+    return PKBatches(train_x, train_y, config.p, config.k, steps,
+                     augment=build_augmentation(config.augment), **common)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -634,8 +877,8 @@ def fit(config):
 def _fit(config, run_dir, metrics_path):
     """The training of :func:`fit`, in a locked run folder."""
     keras = _keras()
-    from imgsim.losses import TripletSemiHardLoss
-    from imgsim.model import build_embedding_model, init_head_pca
+    from imgsim.finetune import UnfreezeSchedule
+    from imgsim.losses import make_loss
 
     remove_stale_temporaries(run_dir)
     log = RunLog(os.path.join(run_dir, "log.txt"))
@@ -648,35 +891,28 @@ def _fit(config, run_dir, metrics_path):
 
     split, parts, n_bad = prepare_data(config, log)
     atomic_write_json(os.path.join(run_dir, "split.json"), split.to_dict())
-    (train_x, train_y), (val_x, val_y) = parts["train"], parts["val"]
+    (train_x, train_y, _), (val_x, val_y, _) = parts["train"], parts["val"]
     if len(np.unique(train_y)) < 2:
         raise ConfigError(f"{config.data}: the training split has fewer than 2 scenes")
 
     keras.utils.set_random_seed(config.seed)
-    from imgsim.augment import build_augmentation
-
-    augment = build_augmentation(config.augment)
-    steps = config.steps_per_epoch or max(1, len(train_x) // (config.p * config.k))
-    batches = PKBatches(train_x, train_y, config.p, config.k, steps, augment=augment,
-                        seed=config.seed, workers=config.workers)
-    model = build_embedding_model(config.embedding)
-    if config.embedding.head_init == "pca" and not resuming:
-        kept = init_head_pca(model, train_x, augment, config.pca_copies, seed=config.seed,
-                             progress=True)
-        log(f"head initialised from the PCA of the GAP features of the training images and "
-            f"{config.pca_copies} augmented copies ({kept:.1%} of their energy)")
-    loss = TripletSemiHardLoss(config.margin, config.distance_metric)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
+    model, net, trained, optimizer = build_networks(config, train_x, train_y, resuming, log)
+    batches = training_batches(config, train_x, train_y, parts["train"][2])
+    val_loss = make_loss(config.miner, config.margin, config.distance_metric, config.soft)
 
     monitor, mode = config.monitor, MONITORS[config.monitor]
-    checkpoint = AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor,
-                                       mode=mode, save_best_only=True)
+    fast = config.mode == "fast"
+    best_path = os.path.join(run_dir, BEST_TRAINED if fast else "best.keras")
+    checkpoint = AtomicModelCheckpoint(best_path, saved_model=net, monitor=monitor, mode=mode,
+                                       save_best_only=True, save_weights_only=fast)
     stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=config.lr_factor,
                                                 patience=config.lr_patience, min_lr=config.min_lr)
     callbacks = [
-        RetrievalValidation(val_x, val_y, loss),
-        ProgressBar(config.epochs, steps),
+        SamplerEpoch(batches),
+        UnfreezeSchedule(optimizer, config.backbone_lr_factor, config.unfreeze_every, log),
+        RetrievalValidation(val_x, val_y, val_loss, embedder=net),
+        ProgressBar(config.epochs, batches.steps),
         HistoryCSV(os.path.join(run_dir, "history.csv")),
         EpochLog(log),
         checkpoint, stopping, plateau,
@@ -684,7 +920,13 @@ def _fit(config, run_dir, metrics_path):
     ]
     # ProgressBar draws the progress; EpochLog writes one line per epoch.
     with quiet.tensorflow_logs():
-        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0)
+        trained.fit(batches, epochs=config.epochs, steps_per_epoch=batches.steps, shuffle=False,
+                    callbacks=callbacks, verbose=0)
+    if fast:  # the whole embedding network, with the best epoch's weights
+        from imgsim.model import save_model
+
+        net.load_weights(best_path)
+        save_model(model, os.path.join(run_dir, "best.keras"))
 
     history = read_history(os.path.join(run_dir, "history.csv"))
     values = [float(r[monitor]) for r in history]

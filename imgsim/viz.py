@@ -279,6 +279,46 @@ def camera_centres(panels, ncols=3):
     return fig
 
 
+def paired_differences(results, figures):
+    """Forest plot of paired differences: one panel per figure, one row per recipe.
+
+    Parameters
+    ----------
+    results : dict of recipe name → pooled figures
+        Each figure a dict with ``difference``, ``low``, ``high`` (recipe −
+        baseline and its interval) and ``imagenet`` (the baseline's value),
+        as :func:`imgsim.crossval.paired_summary` returns. Rows are drawn in
+        the order given, top to bottom.
+    figures : sequence of str
+        Which figures, one panel each.
+
+    An interval wholly above 0 is green, wholly below red, otherwise grey.
+    """
+    names = list(results)
+    ncols = min(len(figures), 4)
+    nrows = int(np.ceil(len(figures) / ncols))
+    fig = _figure(figsize=(3.7 * ncols, (0.42 * len(names) + 1.5) * nrows), layout="constrained")
+    y = np.arange(len(names))[::-1]
+    for j, name in enumerate(figures):
+        ax = fig.add_subplot(nrows, ncols, j + 1)
+        for row, recipe in zip(y, names):
+            v = results[recipe][name]
+            d, lo, hi = v["difference"], v["low"], v["high"]
+            colour = INLIER_COLOUR if lo > 0 else OUTLIER_COLOUR if hi < 0 else "grey"
+            if np.isfinite(d):
+                ax.errorbar([d], [row], xerr=[[d - lo], [hi - d]], fmt="o", color=colour,
+                            ms=4, capsize=3, lw=1.2)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(y, names if j % ncols == 0 else [""] * len(names), fontsize=8)
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        base = results[names[0]][name]["imagenet"] if names else float("nan")
+        ax.set_title(f"{name}\n(ImageNet {base:.3f})", fontsize=9)
+        ax.set_xlabel("recipe − ImageNet", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", lw=0.4, alpha=0.5)
+    return fig
+
+
 # --------------------------------------------------------------------------- drawings at display size
 #
 # The inspector shows keypoints and matches as images of exactly the size they are displayed at

@@ -93,6 +93,32 @@ def test_score_verb_refuses_a_binary_file(tmp_path, capsys):
     assert "sub.csv: cannot read as CSV" in err and "Traceback" not in err
 
 
+def test_crossval_and_train_options_reach_the_configs_and_all_have_help(capsys):
+    from imgsim import crossval
+    from imgsim.cli import _CROSSVAL_ONLY, _NOT_TRAINING, _train_config, build_parser
+
+    parser = build_parser(["crossval"])
+    sub = next(a for a in parser._actions if a.dest == "command").choices["crossval"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+    args = parser.parse_args(["crossval", "--miner", "hard", "--l2sp", "0.01", "--xbm-size", "64",
+                              "--pooling", "gem", "--ensemble-alpha", "0.35", "--folds", "3",
+                              "--group-by-dataset", "--cv-val-fraction", "0.3", "--head", "none"])
+    config = crossval.flat_config(**{k: v for k, v in vars(args).items()
+                                     if k not in _NOT_TRAINING and k not in _CROSSVAL_ONLY})
+    t, e = config.train, config.train.embedding
+    assert (t.miner, t.l2sp, t.xbm_size, t.mode, e.pooling, e.ensemble_alpha, e.trainable_layers,
+            e.head) == ("hard", 0.01, 64, "fast", "gem", 0.35, 0, "none")
+    assert (config.folds, config.group_by_dataset, config.val_fraction) == (3, True, 0.3)
+    train = build_parser(["train"]).parse_args(["train", "--soft", "--miner", "all",
+                                                "--unfreeze-every", "2", "--mode", "fast"])
+    t = _train_config(train)
+    assert (t.soft, t.miner, t.unfreeze_every, t.mode, t.embedding.hidden_dim) == (True, "all", 2, "fast", 256)
+    assert main(["crossval", "--from-sweep", "reports/sweeps/x"]) == 2
+    assert "ConfigError: --from-sweep needs --report-dir" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["reconstruct", "--help"]])
 def test_help_imports_no_tensorflow(argv):
     """Start-up stays fast: only a verb that runs a model may import TensorFlow or Keras."""
@@ -141,3 +167,22 @@ def test_quiet_turns_progress_bars_and_library_logs_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "3", "2", "0", "0"]
+
+
+def test_readme_command_is_the_recommended_recipe_of_the_committed_training_report():
+    """The README's `imgsim train ... # recommended recipe` line trains what reports/training recommends."""
+    import json
+    import shlex
+
+    from conftest import REPO
+    from imgsim.cli import _train_config
+
+    report = json.load(open(os.path.join(REPO, "reports", "training", "metrics.json")))
+    want = report["recipes"][report["recommended"]]["config"]["train"]
+    line = next(line for line in open(os.path.join(REPO, "README.md"))
+                if line.startswith("imgsim train") and line.rstrip().endswith("# recommended recipe"))
+    argv = shlex.split(line.split("#")[0])[1:]
+    got = _train_config(build_parser(["train"]).parse_args(argv)).to_dict()
+    for key in ("data", "runs_dir", "cache_dir", "workers", "split"):
+        want.pop(key), got.pop(key)
+    assert got == want

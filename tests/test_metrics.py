@@ -545,3 +545,21 @@ def test_retrieval_from_scores_hand_worked_with_ties():
     assert got["precision_at_1"] == 0.5 and got["map_at_r"] == 0.5
     with pytest.raises(ValueError, match="scores must be a square"):
         retrieval_report(None, ["a", "a"], scores=np.zeros((2, 3)))
+
+
+def test_weighted_roc_figures_equal_the_unweighted_ones_on_repeated_pairs():
+    """Each row = roc_auc / tpr_at_fpr of the pairs repeated by its weights (ties included)."""
+    from imgsim.metrics import roc_auc, tpr_at_fpr, weighted_roc_figures
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    scores = np.round(rng.normal(size=60) + y, 1)  # many ties
+    weights = rng.integers(0, 3, size=(25, 60))
+    weights[0] = 1
+    weights[1] = y  # positives only: undefined
+    auc, tpr = weighted_roc_figures(y, scores, weights, max_fpr=0.05)
+    assert np.isnan(auc[1]) and np.isnan(tpr[1])
+    for r in [0] + list(range(2, 25)):
+        idx = np.repeat(np.arange(60), weights[r])
+        assert auc[r] == pytest.approx(roc_auc(y[idx], scores[idx]), abs=1e-12)
+        assert tpr[r] == pytest.approx(tpr_at_fpr(y[idx], scores[idx], 0.05), abs=1e-12)

@@ -233,3 +233,106 @@ def test_config_validation_and_round_trip():
         EmbeddingConfig(image_size=16)
     with pytest.raises(ConfigError, match="unknown EmbeddingConfig keys: colour"):
         EmbeddingConfig.from_dict({"colour": 1})
+
+
+# --------------------------------------------------------------------------- issue 12's options
+
+
+def test_gem_and_attention_pooling_against_numpy(rng):
+    from imgsim.pooling import AttentionPooling2D, GeMPooling2D
+
+    x = rng.uniform(0, 6, size=(2, 3, 4, 5)).astype(np.float32)
+    for p in (1.0, 3.0):
+        want = np.mean(np.maximum(x, 1e-6) ** p, axis=(1, 2)) ** (1 / p)
+        np.testing.assert_allclose(np.asarray(GeMPooling2D(p)(x)), want, rtol=1e-5)
+    # Large p approaches max pooling; attention starts as the plain average.
+    np.testing.assert_allclose(np.asarray(GeMPooling2D(200.0)(x)), x.max(axis=(1, 2)), rtol=0.02)
+    np.testing.assert_allclose(np.asarray(AttentionPooling2D(8)(x)), x.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_ensemble_without_head_is_the_two_normalised_imagenet_features(rng):
+    """alpha 1.0 + 0.35, head none: [unit(GAP_1.0), unit(GAP_0.35)] / sqrt(2) (concat) or their
+    normalised mean, computed from the two ImageNet baselines."""
+    x = rng.uniform(0, 255, size=(3, 64, 64, 3)).astype(np.float32)
+    parts = [embed(build_imagenet_baseline(EmbeddingConfig(alpha=a, image_size=64)), x)
+             for a in (1.0, 0.35)]
+    for merge in ("concat", "mean"):
+        config = EmbeddingConfig(alpha=1.0, ensemble_alpha=0.35, ensemble=merge, image_size=64,
+                                 head="none", trainable_layers=0)
+        got = embed(build_embedding_model(config), x)
+        want = np.concatenate(parts, 1) if merge == "concat" else parts[0] + parts[1]
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ConfigError, match="ensemble_alpha must be one of"):
+        EmbeddingConfig(alpha=0.35, ensemble_alpha=0.35)
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 30])
+def test_split_at_the_cut_composes_to_the_whole_model(trainable_layers, rng):
+    """frozen stem (cached in fast mode) → the rest = the embedding model; the rest shares weights."""
+    from imgsim.model import backbones_of, cut_layer, frozen_stems, split_at_cut
+
+    config = EmbeddingConfig(alpha=0.35, image_size=64, trainable_layers=trainable_layers,
+                             pooling="gem")
+    model = build_embedding_model(config)
+    x = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype(np.float32)
+    rest = split_at_cut(model, config)
+    cut = frozen_stems(config)[0].predict_on_batch(x)
+    np.testing.assert_allclose(rest.predict_on_batch(cut), model.predict_on_batch(x), atol=1e-5)
+    assert {id(v) for v in rest.trainable_weights} == {id(v) for v in model.trainable_weights}
+    name = cut_layer(backbones_of(model)[0], trainable_layers)
+    assert name == {0: "out_relu", 30: "block_13_project"}[trainable_layers]
+
+
+def test_cut_layer_never_separates_a_residual_branch():
+    """Input → a → b → add(a, b) → c. With c trainable the cut is add's output; with add too,
+    cutting after b would lose the residual from a, so the cut moves back to a's output."""
+    import keras
+
+    from imgsim.model import cut_layer
+
+    inp = keras.Input((4,), name="inp")
+    a = keras.layers.Dense(4, name="a")(inp)
+    b = keras.layers.Dense(4, name="b")(a)
+    added = keras.layers.Add(name="add")([a, b])
+    out = keras.layers.Dense(4, name="c")(added)
+    model = keras.Model(inp, out)
+    assert cut_layer(model, 0) == "c"
+    assert cut_layer(model, 1) == "add"
+    assert cut_layer(model, 2) == "a"
+    assert cut_layer(model, 3) == "a"
+
+
+def test_linear_identity_head_starts_at_the_imagenet_features(rng):
+    from imgsim.model import set_head_identity
+
+    config = EmbeddingConfig(alpha=0.35, image_size=64, head="linear", head_init="identity",
+                             embedding_dim=1280, trainable_layers=0)
+    model = build_embedding_model(config)
+    set_head_identity(model)
+    x = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype(np.float32)
+    base = embed(build_imagenet_baseline(EmbeddingConfig(alpha=0.35, image_size=64)), x)
+    np.testing.assert_allclose(embed(model, x), base, atol=1e-5)
+    with pytest.raises(ConfigError, match="head_init='identity' needs head='linear'"):
+        EmbeddingConfig(head_init="identity")
+
+
+def test_learned_whitening_head_against_numpy(rng):
+    """z = C^(-1/2) (x - mean) for the shrunk covariance of same-scene differences (eigh, numpy)."""
+    from imgsim.model import set_head_whitening
+
+    config = EmbeddingConfig(alpha=0.35, image_size=64, head="linear", head_init="whitening",
+                             embedding_dim=1280, trainable_layers=0)
+    model = build_embedding_model(config)
+    labels = np.repeat(np.arange(4), 3)
+    features = rng.normal(size=(12, 1280)) + 3 * rng.normal(size=(4, 1280))[labels]
+    set_head_whitening(model, features, labels, shrinkage=0.3)
+    i, j = zip(*[(a, b) for a in range(12) for b in range(a + 1, 12) if labels[a] == labels[b]])
+    d = features[list(i)] - features[list(j)]
+    c = 0.7 * d.T @ d / len(d) + 0.3 * np.trace(d.T @ d / len(d)) / 1280 * np.eye(1280)
+    w, v = np.linalg.eigh(c)
+    want = (features - features.mean(0)) @ (v @ np.diag(w ** -0.5) @ v.T)
+    kernel, bias = model.get_layer("projection").get_weights()
+    np.testing.assert_allclose(features @ kernel + bias, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    with pytest.raises(ConfigError, match="head_init='whitening' needs head='linear'"):
+        EmbeddingConfig(head_init="whitening")

@@ -165,3 +165,102 @@ def test_training_runs_under_the_jax_backend(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "backend jax" in open(tmp_path / "runs" / "r" / "log.txt").read()
     assert (tmp_path / "runs" / "r" / "metrics.json").exists()
+
+
+def _history_values(path):
+    rows = read_history(path)
+    return [{k: float(v) for k, v in r.items()} for r in rows]
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    """SIGKILL after epoch 1, resume: the same history as a run never interrupted (issue 15).
+
+    Augmentation, dropout and the batch schedule all depend on the epoch: a
+    resume that replayed epoch 0's batches, or restarted the dropout masks,
+    would give other losses in epoch 2.
+    """
+    def command(runs):
+        cmd = train_command(runs, epochs=2)
+        return cmd + ["--workers", "2"]
+
+    # The uninterrupted run goes beside the killed one (2 cores: the start-ups overlap).
+    whole_log = open(tmp_path / "whole.log", "w")
+    whole = subprocess.Popen(command(tmp_path / "whole"), stdout=whole_log, stderr=subprocess.STDOUT,
+                             env=run_env())
+    try:
+        run = tmp_path / "killed" / "r"
+        log = open(tmp_path / "killed.log", "w")
+        proc = subprocess.Popen(command(tmp_path / "killed"), stdout=log, stderr=subprocess.STDOUT,
+                                env=run_env(), start_new_session=True)
+        metadata = run / "backup" / "training_metadata.json"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not metadata.exists():
+            time.sleep(0.02)
+        assert proc.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(read_history(run / "history.csv")) < 2 and not (run / "metrics.json").exists()
+        resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
+                                 env=run_env(), timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+        assert "resuming run" in resumed.stdout
+        assert whole.wait(timeout=300) == 0, open(tmp_path / "whole.log").read()[-3000:]
+    finally:
+        if whole.poll() is None:
+            whole.kill()
+
+    expected = _history_values(tmp_path / "whole" / "r" / "history.csv")
+    got = _history_values(run / "history.csv")
+    assert [r["epoch"] for r in got] == [0, 1]
+    for want, have in zip(expected, got):
+        assert want.keys() == have.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (want["epoch"], key)
+
+
+def test_dataset_aware_batches_take_whole_datasets_first():
+    """Per batch at most one dataset is represented by only some of its scenes; the rest whole."""
+    scenes_per_dataset = [5, 3, 2, 1, 1, 4]
+    labels, groups = [], []
+    for d, n in enumerate(scenes_per_dataset):
+        for s in range(n):
+            labels += [10 * d + s] * 3
+            groups += [d] * 3
+    labels, groups = np.array(labels), np.array(groups)
+    images = np.zeros((len(labels), 2, 2, 3), np.uint8)
+    batches = PKBatches(images, labels, p=6, k=2, steps=30, seed=4, groups=groups, sampling="dataset")
+    seen_partial = set()
+    for i in range(len(batches)):
+        _, y = batches[i]
+        classes = np.unique(y)
+        assert len(classes) == 6 and all((y == c).sum() == 2 for c in classes)
+        per_dataset = {d: len({c for c in classes if c // 10 == d}) for d in {c // 10 for c in classes}}
+        partial = [d for d, n in per_dataset.items() if n < scenes_per_dataset[d]]
+        assert len(partial) <= 1
+        seen_partial.update(partial)
+    assert len(seen_partial) >= 2  # the random order varies which dataset is cut
+    with pytest.raises(ConfigError, match="sampling must be one of"):
+        PKBatches(images, labels, 4, 2, 1, sampling="scenes")
+
+
+def test_infinite_batches_continue_at_the_restored_epoch():
+    """Item i of an infinite dataset is batch i % steps of epoch i // steps, after the offset."""
+    from imgsim.batches import CachedPKBatches
+
+    labels = np.repeat(np.arange(5), 3)
+    features = np.random.default_rng(0).normal(size=(15, 4, 2, 2, 3)).astype(np.float16)
+    finite = CachedPKBatches([features], labels, 3, 2, steps=4, seed=7)
+    infinite = CachedPKBatches([features], labels, 3, 2, steps=4, seed=7, infinite=True)
+    assert infinite.num_batches is None and finite.num_batches == 4
+    finite.epoch = 2
+    infinite.offset = 1 * 4  # resumed at epoch 1
+    for index in range(4):
+        x, y = finite[index]
+        x2, y2 = infinite[4 + index]  # epoch 2 of the resumed sequence
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        # Every item is an augmented copy (1..3) of an image of its label.
+        rows = [np.flatnonzero([np.array_equal(f, xi) for f in features[j, 1:]]) for j, xi in
+                zip(finite.batch_indices(index, 2), x)]
+        assert all(len(r) == 1 for r in rows)
