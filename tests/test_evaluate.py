@@ -1,7 +1,6 @@
 """The evaluation report on the embedded sample, recomputed independently from its parts."""
 
 import json
-import os
 
 import numpy as np
 import pytest

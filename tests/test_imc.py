@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import re
 import warnings
 
@@ -495,6 +494,29 @@ def test_random_cases_stay_within_100_and_agree_where_no_quirk_applies(tmp_path)
                                                                      abs=1e-12), (case, name)
                 compared += 1
     assert compared >= 5, compared
+
+
+def test_official_rule_equals_the_official_codes_stored_values(tmp_path):
+    """The 40 cases of tests/reference/imc25_official_scores.json, scored by the IMC 2025 hosts' own
+    metric.py outside the repository (scripts/imc25_official_check.py): imgsim's official rule gives
+    the same final and per-dataset scores to 1e-12."""
+    with open(reference_path("imc25_official_scores.json")) as f:
+        cases = json.load(f)["cases"]
+    assert len(cases) == 40
+    for i, case in enumerate(cases):
+        paths = []
+        for name in ("gt", "submission", "thresholds"):
+            path = tmp_path / f"{i}_{name}.csv"
+            path.write_text(case[name])
+            paths.append(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScoreWarning)
+            ours = score(*paths, official=True)
+        expected = case["official"]
+        assert ours["score"] == pytest.approx(expected["score"], abs=1e-12), i
+        assert set(ours["datasets"]) == set(expected["datasets"]), i
+        for name, value in expected["datasets"].items():
+            assert 100 * ours["datasets"][name]["score"] == pytest.approx(value, abs=1e-12), (i, name)
 
 
 # --------------------------------------------------------------------------- submissions the official reader takes

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, reference_path, shared_path
+from conftest import REPO, reference_path
 
 TOL = 1e-5
 
