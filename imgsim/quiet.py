@@ -34,7 +34,8 @@ BANNER = re.compile(
     r"|Unable to register cu(DNN|FFT|BLAS) factory"
     r"|TF-TRT Warning: Could not find TensorRT"
     r"|computation placer already registered"
-    r"|Memory patch applied: M_TRIM_THRESHOLD")  # tf.data's first generator dataset (model.fit)
+    r"|Memory patch applied: M_TRIM_THRESHOLD"  # tf.data's first generator dataset (model.fit)
+    r"|oneDNN supports DT_HALF only on platforms with AVX-512")  # first half-precision op (fit)
 RETRACING = "triggered tf.function retracing"
 
 

@@ -14,6 +14,8 @@ BANNER_LINES = [
     "I0000 00:00:1796122900.146687   13783 cpu_feature_guard.cc:227] This TensorFlow binary is optimized",
     "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
     "appropriate compiler flags.",
+    "E0000 00:00:1796139764.030603    2340 util.cc:131] oneDNN supports DT_HALF only on platforms with "
+    "AVX-512. Falling back to the default Eigen-based implementation if present.",
 ]
 REAL_LINES = ["E0000 00:00:1.0 1 some_op.cc:1] a real error", "Traceback-like line that must stay"]
 
