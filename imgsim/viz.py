@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from imgsim.fileio import atomic_write_bytes
 
@@ -209,6 +210,10 @@ def history_figure(history, metrics=("loss", "val_loss", "val_map_at_r", "val_pr
         ax.plot(epochs, [float(r[name]) for r in history], marker="o", ms=3)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        if len(epochs) <= 10:  # whole epochs on the axis, never 0.95 ... 1.05
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 

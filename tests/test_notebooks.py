@@ -121,3 +121,16 @@ def test_viz_figures_display_as_png_in_the_kernel_formatter():
 
     width, height = Image.open(io.BytesIO(data["image/png"])).size
     assert width > 100 and height > 50
+
+
+def test_history_figure_ticks_whole_epochs():
+    """02_train's curves after a short run: one tick per epoch (1, 2, 3), not 0.95 ... 1.05."""
+    from imgsim import viz
+
+    for n in (1, 3):
+        fig = viz.history_figure([{"epoch": i, "loss": 1.0 / (i + 1)} for i in range(n)])
+        fig.canvas.draw()
+        assert list(fig.axes[0].get_xticks()) == list(range(1, n + 1))
+    fig = viz.history_figure([{"epoch": i, "loss": 1.0} for i in range(30)])
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
