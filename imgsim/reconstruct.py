@@ -544,7 +544,7 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     timings = read_json(timings_file) if os.path.exists(timings_file) else {}
     used = {}  # stage -> the file this run's settings use
     # content, not name and size: a replaced photo of the same size is never served stale
-    files_key = [(n, file_digest(p)) for n, p in zip(names, paths)]
+    files_key = [(n, cache.digest(p)) for n, p in zip(names, paths)]  # hashed once, shared with SIFT
     sift, sfm_sift = config.sift_config(), config.sfm_sift_config()
     k_embed = _key(files_key, _digest_or_none(config.model), config.image_size)
     k_pairs = _key(k_embed, config.shortlist_k, config.all_pairs_up_to, config.shortlist_index)

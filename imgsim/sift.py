@@ -708,20 +708,22 @@ class FeatureCache:
     def __repr__(self):
         return f"FeatureCache({self.folder!r}, hits={self.hits}, misses={self.misses})"
 
-    def file_for(self, path, config=None):
-        """The cache file of image ``path`` under ``config``'s extraction settings.
-
-        The content digest is remembered for as long as the file keeps its
-        inode, size and modification time (one hash per image per run).
-        """
-        config = config or SiftConfig()
-        settings = "".join(f"_{name}={getattr(config, name)}" for name in EXTRACTION_FIELDS)
+    def digest(self, path):
+        """SHA-256 of the file ``path`` (:func:`imgsim.images.file_digest`), remembered for as
+        long as the file keeps its inode, size and modification time: one hash per image per
+        run, shared by every cache key built from it (features, reconstruct's stages)."""
         stat = os.stat(path)
         stamp = (os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
         digest = self._digests.get(stamp)
         if digest is None:
             digest = self._digests[stamp] = file_digest(path)
-        return os.path.join(self.folder, digest + settings + ".npz")
+        return digest
+
+    def file_for(self, path, config=None):
+        """The cache file of image ``path`` under ``config``'s extraction settings."""
+        config = config or SiftConfig()
+        settings = "".join(f"_{name}={getattr(config, name)}" for name in EXTRACTION_FIELDS)
+        return os.path.join(self.folder, self.digest(path) + settings + ".npz")
 
     def get(self, path, config=None):
         """Features of the image file ``path``, extracted (and stored) on a miss."""

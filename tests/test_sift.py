@@ -583,3 +583,19 @@ def test_pair_evidence_planar_versus_3d_and_spread():
         cells = lambda xy: len({(int(y * 8 // 480), int(x * 8 // 640)) for x, y in xy})  # noqa: E731
         assert spread == pytest.approx(min(cells(xa), cells(xb)) / 64)
     assert pair_evidence(_features(xa), _features(xb), np.zeros((0, 2))) == (0, 0.0)
+
+
+def test_cache_digest_is_the_files_sha256_and_follows_a_rewrite(tmp_path):
+    """FeatureCache.digest (shared by reconstruct's stage keys and the feature files) is the
+    SHA-256 of the bytes, and a file rewritten in place gets its new content's digest."""
+    import hashlib
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"first photo")
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.digest(path) == hashlib.sha256(b"first photo").hexdigest()
+    with open(path, "wb") as f:  # same inode, same size
+        f.write(b"other photo")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    assert cache.digest(path) == hashlib.sha256(b"other photo").hexdigest()
+    assert os.path.basename(cache.file_for(path)).startswith(hashlib.sha256(b"other photo").hexdigest())
