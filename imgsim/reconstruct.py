@@ -358,13 +358,16 @@ def match_evidence(paths, pairs, matches, sift_config, cache, min_moving, thread
 
     from imgsim.sift import backdrop_keypoints, pair_evidence
 
-    loaded = {}
+    loaded, light = {}, {}
 
     def features(i):  # the last few images' full features (pairs come sorted by image)
         if i not in loaded:
             if len(loaded) >= 64:
                 loaded.pop(next(iter(loaded)))
-            loaded[i] = cache.get(paths[i], sift_config)
+            f = loaded[i] = cache.get(paths[i], sift_config)
+            # keypoints only (little memory), kept for pair_evidence: no second read from disk
+            light[i] = dataclasses.replace(f, descriptors=f.descriptors[:0], scales=f.scales[:0],
+                                           angles=f.angles[:0])
         return loaded[i]
 
     marks = backdrop_keypoints(features, pairs, [len(m) for m in matches], sift_config.static_px,
@@ -377,11 +380,8 @@ def match_evidence(paths, pairs, matches, sift_config, cache, min_moving, thread
                 on |= marks[image][inliers[:, column].astype(np.int64)]
         cleaned.append(inliers[~on])
         n_backdrop[k] = int(on.sum())
-    light = {}
-    for i in sorted({i for pair in pairs for i in pair}):  # keypoints only: little memory
-        f = features(i)
-        light[i] = dataclasses.replace(f, descriptors=f.descriptors[:0], scales=f.scales[:0],
-                                       angles=f.angles[:0])
+    for i in sorted({i for pair in pairs for i in pair} - set(light)):  # those not read above
+        features(i)
     with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
         found = list(pool.map(lambda k: pair_evidence(light[pairs[k][0]], light[pairs[k][1]],
                                                       cleaned[k], sift_config), range(len(pairs))))
