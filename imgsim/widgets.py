@@ -510,8 +510,9 @@ class PairInspector:
             image = check_upload(item["name"], content, self.max_upload_bytes,
                                  max_pixels=self.max_upload_pixels)
         except ImgsimError as exc:  # what was compared stays as it was
+            # the button shows no file that is not used, reset before the message tells why
+            self.pickers[side]["upload"].value = ()
             self.message.value = _error(exc)
-            self.pickers[side]["upload"].value = ()  # the button shows no file that is not used
             return
         digest = hashlib.sha256(bytes(content)).hexdigest()[:16]
         name = "upload " + os.path.basename(item["name"])[:80]

@@ -228,6 +228,9 @@ def test_inspector_in_a_real_browser(server, browser, tmp_path):
         if name == "over.jpg":  # refused in the browser, before anything is read or sent
             assert page.locator(".imgsim-message [data-checked='browser']").count() == 1
         if name != "big.png":  # the upload button shows no file that is not compared
+            page.wait_for_function(  # the reset and the message are two widget updates
+                "() => document.querySelector('.widget-upload').innerText.trim().endsWith('(0)')",
+                timeout=10_000)
             assert page.locator(".widget-upload").first.inner_text().strip().endswith("(0)")
     print("\nuploads: " + "; ".join(f"{n} ({sizes[n] / 2**20:.1f} MB): {t}" for n, t in seen.items()))
 
