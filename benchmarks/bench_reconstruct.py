@@ -13,7 +13,9 @@ shortlist (``shortlist_k`` 10) and records, per stage, the wall time
 (``reconstruct``'s own ``timings``) and the peak resident memory of this
 process plus all its children (pool or Dask workers), sampled every 0.1 s. A
 run may be killed (a time limit, to keep each locked timing run short) and
-started again: it resumes in the same work dir and the stage times add up.
+started again: it resumes in the same work dir and the stage times add up
+(match resumes by pair chunk, SfM by cluster; ``sfm_clusters`` records each
+mapped cluster's size and seconds).
 ``unfinished`` records a size that was killed before its end (its last
 stage as a lower bound). ``compare`` runs the embed and match stages on the same images with the
 process pool and with a 2-worker Dask ``LocalCluster``, interleaved, and
@@ -48,7 +50,7 @@ set_thread_waits()  # a script owns its process, as the imgsim command does (bef
 from imgsim.fileio import atomic_write_json, read_json  # noqa: E402
 
 STAGES = ("embed", "pairs", "match", "cluster", "sfm")
-RESUMABLE = {"match"}  # stages that resume inside themselves (pair chunks); the others start over
+RESUMABLE = {"match", "sfm"}  # stages that resume inside themselves (pair chunks, clusters); the others start over
 COPY_SIDE = 1024
 
 
@@ -193,7 +195,7 @@ def _watch_stages(monitor):
     import imgsim.reconstruct as rec
     import imgsim.sift as sift
 
-    wrapped = [(rec, f"{stage}_stage", stage) for stage in STAGES]
+    wrapped = [(rec, f"{stage}_stage", stage) for stage in STAGES] + [(rec, "sfm_clusters", "sfm")]
     wrapped += [(rec, "embedding_model", "embed"), (sift, "extract_many", "sfm")]
     originals = []
     for module, name, stage in wrapped:
@@ -241,7 +243,7 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
         monitor.save(done=True)
         row = {stage: {"s": monitor.seconds.get(stage), "peak_mb": monitor.peaks.get(stage)}
                for stage in STAGES}
-        row.update(sessions=monitor.sessions, info=out["info"]["all"],
+        row.update(sessions=monitor.sessions, info=out["info"]["all"], sfm_clusters=sfm_clusters(work),
                    executor="dask" if workers else "pool")
         results = read_json(results_file) if os.path.exists(results_file) else {}
         results[str(n)] = row
@@ -252,6 +254,16 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
               f"sessions {len(monitor.sessions)}, load {[round(x['load_before'], 1) for x in monitor.sessions]}",
               flush=True)
     return results
+
+
+def sfm_clusters(work):
+    """Each mapped cluster's images, pairs, seconds and largest model, from its ``models.json``."""
+    found = []
+    for file in glob.glob(os.path.join(work, "all", "sfm-*", "cluster*", "models.json")):
+        done = read_json(file)
+        found.append({"images": done["images"], "pairs": done["pairs"], "seconds": done["seconds"],
+                      "registered": len(done["models"][0]) if done["models"] else 0})
+    return sorted(found, key=lambda c: -c["images"])
 
 
 def record_unfinished(root, n, executor="pool"):
@@ -272,7 +284,8 @@ def record_unfinished(root, n, executor="pool"):
         files = glob.glob(os.path.join(root, "work", f"n{n}-{executor}", "all", f"{stage}-*.json"))
         if files:
             info[name] = count(read_json(files[0]))
-    row.update(sessions=progress["sessions"], info=info, executor=executor, unfinished=running)
+    row.update(sessions=progress["sessions"], info=info, executor=executor, unfinished=running,
+               sfm_clusters=sfm_clusters(os.path.join(root, "work", f"n{n}-{executor}")))
     results_file = os.path.join(root, "curve.json")
     results = read_json(results_file) if os.path.exists(results_file) else {}
     results[str(n)] = row

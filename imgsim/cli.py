@@ -409,7 +409,7 @@ def _add_reconstruct_args(p):
     p.add_argument("--image-size", type=int, default=d.image_size, help="input side of the ImageNet default")
     p.add_argument("--processes", type=int, default=None,
                    help="matching processes and COLMAP threads (default: every core)")
-    _add_dask_args(p, "embed and match")
+    _add_dask_args(p, "embed, match and SfM (one task per cluster)")
     g = p.add_argument_group("matching (SIFT)")
     g.add_argument("--sift-features", type=int, default=SIFT_DEFAULTS["n_features"],
                    help="SIFT features per image")

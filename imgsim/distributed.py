@@ -1,6 +1,6 @@
 """Dask for the heavy stages: the one place that turns ``workers`` / ``scheduler`` into a client.
 
-``imgsim sweep``, ``imgsim embed``, the match stage of ``imgsim reconstruct``
+``imgsim sweep``, ``imgsim embed``, the match and SfM stages of ``imgsim reconstruct``
 and :func:`imgsim.sift.score_pairs` take either
 
 * ``scheduler="tcp://HOST:PORT"`` — an existing Dask cluster (``dask

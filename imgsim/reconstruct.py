@@ -22,12 +22,15 @@ from the last finished stage:
 5. **sfm** — per cluster, optionally new features and matches at the SfM
    budget (``sfm_sift``), then a COLMAP database written by imgsim (a camera
    per image or per EXIF camera, EXIF focal priors) and incremental mapping
-   (:func:`imgsim.sfm.map_cluster`) → ``sfm.json``.
+   (:func:`imgsim.sfm.map_cluster`), each cluster's result written as it
+   finishes → ``sfm.json``.
 
-The match stage keeps its pair chunks under ``work_dir/features/pairs``, so a
-run killed inside it resumes inside it. With ``workers`` or ``scheduler`` the
-embed and match stages run on Dask (:mod:`imgsim.distributed`; embeddings in
-content-keyed shards under ``work_dir/embeddings``); the other stages run here.
+The match stage keeps its pair chunks under ``work_dir/features/pairs`` and
+SfM each cluster's models, so a run killed inside either resumes inside it.
+With ``workers`` or ``scheduler`` the embed, match and SfM stages run on Dask
+(:mod:`imgsim.distributed`; embeddings in content-keyed shards under
+``work_dir/embeddings``, one SfM task per cluster, largest first); pairs and
+cluster run here.
 
 Each reconstructed model with at least ``min_cluster_size`` images becomes one
 predicted scene; images registered in none are ``outliers`` with no pose
@@ -99,7 +102,8 @@ class ReconstructConfig(DictConfig):
         :class:`~imgsim.sift.SiftConfig` fields of the match stage, over
         ``SIFT_DEFAULTS`` (static matches dropped at 1 px).
     processes : int or None
-        Matching processes and COLMAP threads; None: every core.
+        Matching processes and COLMAP threads; None: every core (on Dask:
+        COLMAP threads per cluster task, None: the worker's share of cores).
     cluster_method : {"louvain", "components"}
         Split components into communities merged back by conductance, or
         keep connected components (:func:`imgsim.graph.cluster_graph`).
@@ -131,11 +135,11 @@ class ReconstructConfig(DictConfig):
         :class:`~imgsim.sfm.SfmConfig` fields (cameras, EXIF focal priors,
         mapper thresholds, retries, leftover registration).
     scheduler : str or None
-        Embed and match on an existing Dask cluster (``tcp://HOST:PORT``); the
-        work dir (feature cache, embedding shards), the images and ``model``
-        must be on storage every worker sees at the same path.
+        Embed, match and SfM on an existing Dask cluster (``tcp://HOST:PORT``);
+        the work dir (feature cache, embedding shards, SfM folders), the
+        images and ``model`` must be on storage every worker sees at the same path.
     workers : int or None
-        Embed and match on a local Dask cluster of this many processes.
+        Embed, match and SfM on a local Dask cluster of this many processes.
     """
 
     shortlist_k: int = 10
@@ -210,7 +214,7 @@ class ReconstructConfig(DictConfig):
                               f"({type(exc).__name__}: {exc})") from None
 
     def on_dask(self):
-        """Whether the embed and match stages run on Dask."""
+        """Whether the embed, match and SfM stages run on Dask."""
         return distributed.enabled(self.scheduler, self.workers)
 
 
@@ -418,36 +422,113 @@ def cluster_stage(n, pairs, matches, evidence, config, embeddings=None):
                          config.louvain_resolution)
 
 
-def sfm_stage(folder, paths, features, pairs, matches, config):
-    """Incremental SfM of one cluster (:func:`imgsim.sfm.map_cluster`).
+def sfm_stage(folder, paths, pairs, matches, config, cache, sift_config, threads=None):
+    """Incremental SfM of one cluster (:func:`imgsim.sfm.map_cluster`), resumable per cluster.
+
+    The result is written atomically to ``folder/models.json`` with the
+    seconds it took; called again with that file present, it reads it back, so
+    a run killed during SfM redoes only the clusters it had not finished.
 
     Parameters
     ----------
     folder : str
-        Scratch folder of this cluster (database and models).
+        Scratch folder of this cluster (database, models, ``models.json``).
     paths : list of str
         The cluster's image files.
-    features : list of imgsim.sift.Features
     pairs : list of (int, int)
         Indices into ``paths``.
     matches : list of uint32 arrays of shape (m, 2)
     config : ReconstructConfig
+    cache : imgsim.sift.FeatureCache
+        Holds (or gets) the features of ``paths`` at ``sift_config``.
+    sift_config : SiftConfig
+        The features the matches index.
+    threads : int, optional
+        COLMAP threads; default ``config.processes``, else every core.
 
     Returns
     -------
     list of dict
         One per model, largest first: ``{name: {"R": 3×3 list, "t": 3 list}}``.
     """
+    import shutil
+
     from imgsim.images import displayed_to_stored
     from imgsim.sfm import image_camera, map_cluster
+    from imgsim.sift import extract_many
 
+    done = os.path.join(folder, "models.json")
+    if os.path.exists(done):
+        return read_json(done)["models"]
+    shutil.rmtree(folder, ignore_errors=True)  # a killed attempt's database and models
+    start = time.perf_counter()
+    threads = threads or config.processes or os.cpu_count() or 1
     sfm = config.sfm_config()
+    features = extract_many(paths, sift_config, cache)
     cameras = [image_camera(p, sfm.exif_focal) for p in paths]
     # imgsim's keypoints are in the EXIF-oriented photo with pixel centres at integers;
     # COLMAP reads the stored pixel grid and puts pixel centres at +0.5
     keypoints = [displayed_to_stored(f.keypoints, p) + 0.5 for f, p in zip(features, paths)]
-    return map_cluster(folder, [os.path.basename(p) for p in paths], cameras, keypoints, pairs,
-                       matches, sfm, config.min_cluster_size, config.processes or os.cpu_count() or 1)
+    models = map_cluster(folder, [os.path.basename(p) for p in paths], cameras, keypoints, pairs,
+                         matches, sfm, config.min_cluster_size, threads)
+    atomic_write_json(done, {"models": models, "seconds": time.perf_counter() - start,
+                             "images": len(paths), "pairs": len(pairs), "threads": threads})
+    return models
+
+
+def _sfm_task(folder, paths, pairs, matches, config, cache_folder, sift_config):
+    """:func:`sfm_stage` on a Dask worker: its cache opened there, COLMAP on the task's threads."""
+    return sfm_stage(folder, paths, pairs, matches, config, FeatureCache(cache_folder), sift_config,
+                     config.processes or distributed.task_threads() or 1)
+
+
+def sfm_clusters(folder, paths, clusters, pairs, matches, config, cache, desc="SfM"):
+    """:func:`sfm_stage` of every cluster; on Dask (``config.on_dask()``) one task per cluster.
+
+    Each cluster gets the pairs inside it. With ``config.sfm_config()``'s
+    separate SfM features (``sfm_sift``), its pairs with a verified edge are
+    matched again at that budget first (on Dask too). Cluster ``c`` maps in
+    ``folder/cluster<c>``; on Dask the largest clusters are submitted first
+    (the last to finish decides the wall time), and ``folder`` must be on
+    storage every worker sees.
+
+    Returns
+    -------
+    list of dict
+        Every cluster's models, in cluster order.
+    """
+    from tqdm.auto import tqdm
+
+    sift_config = config.sfm_sift_config() or config.sift_config()
+    cluster_of = {m: c for c, members in enumerate(clusters) for m in members}
+    inside = [[] for _ in clusters]  # each cluster's pairs, in one pass over all pairs
+    for k, (a, b) in enumerate(pairs):
+        if a in cluster_of and cluster_of.get(b) == cluster_of[a]:
+            inside[cluster_of[a]].append(k)
+    tasks = []
+    for c, members in enumerate(clusters):
+        index = {m: k for k, m in enumerate(members)}
+        sub = [(index[pairs[k][0]], index[pairs[k][1]]) for k in inside[c]]
+        sub_matches = [matches[k] for k in inside[c]]
+        member_paths = [paths[m] for m in members]
+        if config.sfm_sift is not None:  # the SfM budget: match the pairs with a verified edge again
+            keep = [k for k, m in enumerate(sub_matches) if len(m) >= config.min_inliers]
+            sub = [sub[k] for k in keep]
+            sub_matches, _ = match_stage(member_paths, sub, config, cache, sift_config)
+        tasks.append((os.path.join(folder, f"cluster{c}"), member_paths, sub, sub_matches))
+    if not config.on_dask():
+        found = [sfm_stage(*task, config, cache, sift_config) for task in tqdm(tasks, desc=desc, unit="cluster")]
+    else:
+        order = sorted(range(len(tasks)), key=lambda c: -len(tasks[c][1]))
+        with distributed.client(config.scheduler, config.workers) as dask_client:
+            distributed.check_shared(dask_client, folder)
+            done = distributed.run_tasks(dask_client, _sfm_task, [
+                (*tasks[c], config, os.path.abspath(cache.folder), sift_config) for c in order],
+                progress=True, desc=desc, unit="cluster")
+        found = [None] * len(tasks)
+        for c, models in zip(order, done):
+            found[c] = models
+    return [model for models in found for model in models]
 
 
 # --------------------------------------------------------------------------- assembly
@@ -532,8 +613,6 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     ``model`` is a callable returning the embedding model, called only when
     the embed stage is not on disk yet (default: :func:`embedding_model`).
     """
-    from tqdm.auto import tqdm
-
     model = model or (lambda: embedding_model(config))
     names = [os.path.basename(p) for p in paths]
     if len(set(names)) != len(names):
@@ -574,26 +653,10 @@ def reconstruct_dataset(name, paths, work_dir, config, cache, model=None):
     k_sfm = _key(k_match, clusters, config.min_cluster_size, config.min_inliers,
                  config.sfm_config().to_dict(), sfm_sift and sfm_sift.to_dict())
 
-    def sfm_all():
-        from imgsim.sift import extract_many
-
-        models = []
-        for c, members in enumerate(tqdm(clusters, desc=f"SfM {name}", unit="cluster")):
-            index = {m: k for k, m in enumerate(members)}
-            inside = [k for k, (a, b) in enumerate(pairs) if a in index and b in index]
-            sub = [(index[pairs[k][0]], index[pairs[k][1]]) for k in inside]
-            sub_matches = [matches[k] for k in inside]
-            member_paths = [paths[m] for m in members]
-            if sfm_sift is not None:  # the SfM budget: match the pairs with a verified edge again
-                keep = [k for k, m in enumerate(sub_matches) if len(m) >= config.min_inliers]
-                sub = [sub[k] for k in keep]
-                sub_matches, _ = match_stage(member_paths, sub, config, cache, sfm_sift)
-            feats = extract_many(member_paths, sfm_sift or sift, cache)
-            models += sfm_stage(os.path.join(folder, f"sfm-{k_sfm}", f"cluster{c}"), member_paths,
-                                feats, sub, sub_matches, config)
-        return models
-
-    models = run("sfm", k_sfm, "json", sfm_all, read_json, atomic_write_json)
+    models = run("sfm", k_sfm, "json",
+                 lambda: sfm_clusters(os.path.join(folder, f"sfm-{k_sfm}"), paths, clusters, pairs,
+                                      matches, config, cache, desc=f"SfM {name}"),
+                 read_json, atomic_write_json)
     placed = assign_scenes(names, models, config.min_cluster_size)
     weights = edge_weights(pairs, matches, evidence, config, embeddings)
     verified = [k for k, m in enumerate(matches) if len(m) >= config.min_inliers]

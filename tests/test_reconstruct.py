@@ -8,6 +8,8 @@ import pytest
 
 from imgsim.data import load_table
 from imgsim.errors import ConfigError, DataLayoutError
+from imgsim.fileio import read_json
+from imgsim import distributed
 from imgsim.benchmarks import build_benchmark
 from imgsim.reconstruct import ReconstructConfig, assign_scenes, list_datasets, reconstruct
 
@@ -164,11 +166,11 @@ def test_rerun_reads_every_stage_from_the_work_dir(small_run, monkeypatch, tmp_p
 
 
 @pytest.mark.slow
-def test_dask_cluster_gives_the_process_pools_embeddings_inliers_and_submission(small_run, tmp_path):
-    """Embed and match on a 2-worker LocalCluster with fresh embedding and pair caches: the stage
-    files equal the process pool's (``small_run``), and so does the submission. COLMAP runs on one
-    thread on both sides: with more, its result is not bit-reproducible even between two runs of
-    the same path. The per-image SIFT features are copied over to keep this short; extracting them
+def test_dask_cluster_gives_the_process_pools_embeddings_inliers_and_submission(small_run, tmp_path, monkeypatch):
+    """Embed, match and SfM on a 2-worker LocalCluster with fresh embedding and pair caches: the stage
+    files equal the process pool's (``small_run``), and so do the submission's scenes, with poses
+    equal to 1e-6 (SfM one task per cluster). COLMAP runs on one thread on both sides: with more,
+    its result is not bit-reproducible even between two runs of the same path. The per-image SIFT features are copied over to keep this short; extracting them
     on Dask is checked in test_distributed."""
     import glob
     import shutil
@@ -178,7 +180,14 @@ def test_dask_cluster_gives_the_process_pools_embeddings_inliers_and_submission(
     one_thread = dict(sift=SMALL.sift, image_size=96, processes=1)
     dask_work, pool_work = tmp_path / "dask", tmp_path / "pool"
     shutil.copytree(work / "features", dask_work / "features", ignore=shutil.ignore_patterns("pairs"))
+    submitted = []
+    real_run_tasks = distributed.run_tasks
+    monkeypatch.setattr(distributed, "run_tasks", lambda client, function, tasks, *a, **k: submitted.append(
+        (function.__name__, len(tasks))) or real_run_tasks(client, function, tasks, *a, **k))
     reconstruct(bench, tmp_path / "dask.csv", work_dir=dask_work, config=ReconstructConfig(**one_thread, workers=2))
+    monkeypatch.undo()
+    mapped = glob.glob(str(dask_work / "church_fountain" / "sfm-*" / "cluster*" / "models.json"))
+    assert ("_sfm_task", len(mapped)) in submitted and len(mapped) >= 2  # one task per cluster
     shutil.copytree(work, pool_work)  # the pool's stages, SfM again on one thread
     for path in glob.glob(str(pool_work / "*" / "sfm-*")):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -191,9 +200,15 @@ def test_dask_cluster_gives_the_process_pools_embeddings_inliers_and_submission(
         with np.load(pool_match) as a, np.load(dask_match) as b:
             assert sorted(a.files) == sorted(b.files) and len(a.files) > 0
             assert all(np.array_equal(a[key], b[key]) for key in a.files)
-    submission = (tmp_path / "dask.csv").read_text()
-    assert submission == (tmp_path / "pool.csv").read_text()
-    assert submission.count("cluster") >= 10  # images registered in clusters: poses compared, not only NaNs
+    # the same scenes and images; the poses to rounding (COLMAP one thread, in a worker process:
+    # its floating point differs in the 9th digit from the same mapping in this process)
+    dask_sub, pool_sub = (pd.read_csv(tmp_path / f, dtype=str, keep_default_na=False) for f in ("dask.csv", "pool.csv"))
+    text = ["image_id", "dataset", "scene", "image"]
+    assert dask_sub[text].equals(pool_sub[text])
+    for column in ("rotation_matrix", "translation_vector"):
+        a, b = (np.array([_matrix(v) for v in sub[column]]) for sub in (dask_sub, pool_sub))
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.nanmax(np.abs(a - b)) <= 1e-6
+    assert (dask_sub["scene"] != "outliers").sum() >= 10  # images registered in clusters: poses compared
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(small_run, monkeypatch, tmp_path):
@@ -216,6 +231,35 @@ def test_killed_run_resumes_from_the_last_finished_stage(small_run, monkeypatch,
     assert calls
     assert (pd.read_csv(tmp_path / "resumed.csv")["scene"] != "outliers").sum() == \
         (pd.read_csv(out)["scene"] != "outliers").sum()
+
+
+def test_killed_sfm_resumes_with_the_clusters_it_had_not_finished(small_run, monkeypatch, tmp_path):
+    """Killed after the first cluster's models were written: only the other clusters map again."""
+    import glob
+    import shutil
+
+    import imgsim.sfm
+
+    gt_file, out, work, _ = small_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    for file in glob.glob(str(copy / "church_fountain" / "sfm-*.json")):
+        os.remove(file)  # the stage file is written last: the kill came before it
+    done = sorted(glob.glob(str(copy / "church_fountain" / "sfm-*" / "cluster*" / "models.json")))
+    assert len(done) >= 2, done  # two scenes: two clusters mapped
+    unfinished = os.path.dirname(done[-1])
+    os.remove(done[-1])
+    open(os.path.join(unfinished, "database.db"), "wb").write(b"half-written")  # the kill's leftovers
+    mapped = []
+    real = imgsim.sfm.map_cluster
+    monkeypatch.setattr(imgsim.sfm, "map_cluster", lambda folder, *a, **k: mapped.append(folder) or
+                        real(folder, *a, **k))
+    reconstruct(os.path.dirname(gt_file), tmp_path / "resumed.csv", work_dir=copy, config=SMALL)
+    assert mapped == [unfinished]
+    placed = {os.path.dirname(f): len(read_json(f)["models"][0]) for f in done}  # largest model each
+    assert placed[unfinished] >= 3
+    resumed, original = (pd.read_csv(f).set_index("image")["scene"] for f in (tmp_path / "resumed.csv", out))
+    assert (resumed != "outliers").sum() == (original != "outliers").sum() >= 10
 
 
 def test_cli_reconstruct_and_bad_root(small_run, tmp_path, capsys):

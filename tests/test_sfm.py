@@ -73,7 +73,7 @@ def test_webp_photos_reach_sfm(tmp_path, sample_root):
     pytest.importorskip("pycolmap")
     from imgsim.data import load_table
     from imgsim.reconstruct import ReconstructConfig, sfm_stage
-    from imgsim.sift import FeatureCache, SiftConfig, extract_many, score_pairs
+    from imgsim.sift import FeatureCache, SiftConfig, score_pairs
 
     table = load_table(sample_root)
     paths = []
@@ -86,8 +86,8 @@ def test_webp_photos_reach_sfm(tmp_path, sample_root):
     pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
     results = score_pairs([(paths[i], paths[j]) for i, j in pairs], sift, cache, processes=1,
                           keep_matches=True)
-    models = sfm_stage(str(tmp_path / "sfm"), paths, extract_many(paths, sift, cache), pairs,
-                       [inliers for _, inliers in results], ReconstructConfig(processes=2))
+    models = sfm_stage(str(tmp_path / "sfm"), paths, pairs, [inliers for _, inliers in results],
+                       ReconstructConfig(processes=2), cache, sift)
     assert models and {f"view{k}.webp" for k in (0, 2, 4)} <= set(models[0])
     assert len(models[0]) == 5
     for pose in models[0].values():
