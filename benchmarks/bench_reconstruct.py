@@ -224,7 +224,7 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
     """
     from imgsim.reconstruct import ReconstructConfig, reconstruct
 
-    results_file = os.path.join(root, "curve.json")
+    results_file = os.path.join(root, "curve-dask.json" if workers else "curve.json")
     for n in sizes:
         folder = dataset(root, n)
         work = os.path.join(root, "work", f"n{n}-{'dask' if workers else 'pool'}")

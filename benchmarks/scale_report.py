@@ -172,54 +172,113 @@ def curve_section(curve, projections=(100_000, 1_000_000), workers=(1, 16, 100),
         total = sum(r["s"] if r["s"] is not None else r.get("at_least_s") or 0 for r in rows)
         totals.append(("≥ " if unfinished else "") + f"{total:.1f}")
     lines.append("| **total** | " + " | ".join(totals) + " | | |")
-    lines += ["", "| N | pairs matched | images registered | components ≥ 3 | load average per session |",
+    lines += ["", "| N | pairs matched | images registered | clusters ≥ 3 | load average per session |",
               "|---:|---:|---:|---:|---|"]
     for n in sizes:
         info = curve[str(n)]["info"]
         loads = ", ".join(f"{s['load_before']:.1f}→{s.get('load_now', float('nan')):.1f}"
                           for s in curve[str(n)]["sessions"])
         if curve[str(n)].get("unfinished"):
-            comps = info.get("components")
+            comps = info.get("components") or info.get("clusters")
             lines.append(f"| {n:,} | {info.get('pairs', '-'):,} | - (killed in {curve[str(n)]['unfinished']}) | "
                          f"{'-' if comps is None else f'{len(comps)} (largest {comps[0]})'} | {loads} |")
         else:
-            lines.append(f"| {n:,} | {info['pairs']:,} | {info['registered']:,} | {len(info['components'])} "
-                         f"(largest {max(info['components'])}) | {loads} |")
+            comps = info.get("clusters") or info["components"]
+            lines.append(f"| {n:,} | {info['pairs']:,} | {info['registered']:,} | {len(comps)} "
+                         f"(largest {max(comps)}) | {loads} |")
+    sfm_fit = fit_sfm_clusters(curve)
+    if sfm_fit is not None:
+        c, a, points = sfm_fit
+        lines += ["", f"**SfM per cluster.** Each cluster maps on its own (one task each on Dask), so SfM's cost is "
+                  f"the sum over clusters of one cluster's cost, and that grows with the cluster's size: fitted "
+                  f"on the {len(points)} clusters of at least {SFM_FIT_MIN} images mapped at every N, "
+                  f"seconds = {a:.3g} · images^{c:.2f}. Largest clusters (images: seconds, registered):", ""]
+        for n in sizes:
+            mapped = curve[str(n)].get("sfm_clusters") or []
+            if mapped:
+                lines.append(f"- N = {n:,}: " + ", ".join(
+                    f"{m['images']}: {m['seconds']:.1f} s, {m['registered']}" for m in mapped[:6])
+                    + (f" (+{len(mapped) - 6} smaller)" if len(mapped) > 6 else ""))
     lines += ["", "Projection (an order of magnitude, not a forecast: far beyond the measured range), "
-              "through the largest N's time. Embed and match: exponent 1 — their work is one per image "
-              "and one per shortlisted pair (at most k·N), linear by construction. Cluster and SfM: the "
-              "exponent between the two largest N, the nearest to their asymptotic growth; ≥ marks a "
-              "lower bound (from a size killed inside that stage). Pairs (†): the default index's "
-              "self-search measured on the ANN vectors at that N (below). Embed and match are cut into "
-              "independent chunks, so on W workers they take time / W; pairs, cluster and SfM run on one "
-              "machine as here.", "",
+              "through the largest finished N. Embed and match: exponent 1 — their work is one per image "
+              "and one per shortlisted pair (at most k·N), linear by construction — divided by W, as they are "
+              "cut into independent chunks. Pairs (†): the default index's self-search measured on the ANN "
+              "vectors at that N (below), on one machine. Cluster: the exponent between the two largest N, on "
+              "one machine. SfM: the per-cluster fit above summed over the clusters, W clusters mapped at once "
+              "(wall ≈ the larger of total / W and the largest cluster's time), in two cases: "
+              "*scenes grow* — what this data set does (the copies join their originals' scenes), every "
+              "cluster of the largest finished N grown by N / that N; *scenes added* — an archive that grows by "
+              "adding places, N / that N times as many clusters of the measured sizes.", "",
               "| stage | b used | " + " | ".join(f"N = {n:,}, W = {w}" for n in projections for w in workers)
               + " |",
               "|---|---:|" + "---:|" * (len(projections) * len(workers))]
-    dominant = {}
+    rows, reference = {}, max((n for n in sizes if not curve[str(n)].get("unfinished")), default=None)
     for stage in STAGES:
         growth = _growth(curve, stage, sizes)
-        if growth is None:
+        if stage == "sfm" or growth is None:
             continue
         n2, t2, b, bound = growth
         b = 1.0 if stage in LINEAR_WORK else max(0.0, b)
-        mark = "≥ " if bound else ""
-        cells = []
+        cells = {}
         for n in projections:
             for w in workers:
                 t = t2 * (n / n2) ** b / (w if stage in PARALLEL else 1)
                 if stage == "pairs" and n in (pairs_measured or {}):
                     t = pairs_measured[n]
-                    cells.append(_hours(t) + " †")
-                else:
-                    cells.append(mark + _hours(t))
-                if dominant.get((n, w), (None, -1))[1] < t:
-                    dominant[(n, w)] = (stage, t)
-        shown = "†" if stage == "pairs" and set(projections) <= set(pairs_measured or {}) else f"{mark}{b:.2f}"
-        lines.append(f"| {stage} | {shown} | " + " | ".join(cells) + " |")
-    lines.append("| **dominant** | | " + " | ".join(
-        dominant[(n, w)][0] for n in projections for w in workers) + " |")
+                cells[(n, w)] = (t, "≥ " if bound else "", " †" if stage == "pairs" and n in (pairs_measured or {}) else "")
+        shown = "†" if stage == "pairs" and set(projections) <= set(pairs_measured or {}) else \
+            ("≥ " if bound else "") + f"{b:.2f}"
+        rows[stage] = (shown, cells)
+    if sfm_fit is not None and reference is not None:
+        sizes_now = [m["images"] for m in curve[str(reference)]["sfm_clusters"]]
+        for case in ("scenes grow", "scenes added"):
+            cells = {}
+            for n in projections:
+                for w in workers:
+                    total, largest = sfm_projection(sizes_now, reference, n, sfm_fit, case)
+                    cells[(n, w)] = (max(total / w, largest), "", "")
+            rows[f"sfm ({case})"] = (f"{sfm_fit[0]:.2f} per cluster", cells)
+    for stage, (shown, cells) in rows.items():
+        lines.append(f"| {stage} | {shown} | " + " | ".join(
+            mark + _hours(t) + dagger for (t, mark, dagger) in (cells[(n, w)] for n in projections for w in workers))
+            + " |")
+    dominant = {}
+    for case in ("scenes grow", "scenes added"):
+        for key in ((n, w) for n in projections for w in workers):
+            candidates = {stage: cells[key][0] for stage, (_, cells) in rows.items()
+                          if not stage.startswith("sfm") or stage == f"sfm ({case})"}
+            dominant[(case, *key)] = max(candidates, key=candidates.get) if candidates else "-"
+        lines.append(f"| **dominant ({case})** | | " + " | ".join(
+            dominant[(case, n, w)] for n in projections for w in workers) + " |")
     return "\n".join(lines), fits, dominant
+
+
+SFM_FIT_MIN = 10  # smaller clusters cost mostly the fixed start-up of a mapping
+
+
+def fit_sfm_clusters(curve):
+    """(exponent c, factor a, [(images, seconds)]) of one cluster's SfM time = a · images^c, or None."""
+    points = [(m["images"], m["seconds"]) for row in curve.values() for m in row.get("sfm_clusters") or []
+              if m["images"] >= SFM_FIT_MIN and m["seconds"] > 0]
+    if len({n for n, _ in points}) < 2:
+        return None
+    c, log_a = np.polyfit(np.log([n for n, _ in points]), np.log([t for _, t in points]), 1)
+    return float(c), float(np.exp(log_a)), points
+
+
+def sfm_projection(cluster_sizes, n_measured, n, fit, case):
+    """(total seconds, the largest cluster's seconds) of SfM at ``n`` images from clusters measured at ``n_measured``.
+
+    ``case`` "scenes grow": every cluster ``n / n_measured`` times larger;
+    "scenes added": ``n / n_measured`` times as many clusters of the same sizes.
+    """
+    c, a, _ = fit
+    scale = n / n_measured
+    if case == "scenes grow":
+        cost = [a * (size * scale) ** c for size in cluster_sizes]
+        return sum(cost), max(cost)
+    cost = [a * size ** c for size in cluster_sizes]
+    return sum(cost) * scale, max(cost)
 
 
 def compare_section(path):
