@@ -191,20 +191,21 @@ def curve_section(curve, projections=(100_000, 1_000_000), workers=(1, 16, 100),
         c, a, points = sfm_fit
         lines += ["", f"**SfM per cluster.** Each cluster maps on its own (one task each on Dask), so SfM's cost is "
                   f"the sum over clusters of one cluster's cost, and that grows with the cluster's size: fitted "
-                  f"on the {len(points)} clusters of at least {SFM_FIT_MIN} images mapped at every N, "
-                  f"seconds = {a:.3g} · images^{c:.2f}. Largest clusters (images: seconds, registered):", ""]
+                  f"on the {len(points)} clusters of at least {SFM_FIT_MIN} images mapped at all N together, "
+                  f"seconds = {a:.3g} · images^{c:.2f}. The largest clusters of each N (images → seconds, "
+                  "images in the largest model):", ""]
         for n in sizes:
             mapped = curve[str(n)].get("sfm_clusters") or []
             if mapped:
                 lines.append(f"- N = {n:,}: " + ", ".join(
-                    f"{m['images']}: {m['seconds']:.1f} s, {m['registered']}" for m in mapped[:6])
+                    f"{m['images']} → {m['seconds']:.1f} s ({m['registered']})" for m in mapped[:6])
                     + (f" (+{len(mapped) - 6} smaller)" if len(mapped) > 6 else ""))
     lines += ["", "Projection (an order of magnitude, not a forecast: far beyond the measured range), "
               "through the largest finished N. Embed and match: exponent 1 — their work is one per image "
               "and one per shortlisted pair (at most k·N), linear by construction — divided by W, as they are "
               "cut into independent chunks. Pairs (†): the default index's self-search measured on the ANN "
-              "vectors at that N (below), on one machine. Cluster: the exponent between the two largest N, on "
-              "one machine. SfM: the per-cluster fit above summed over the clusters, W clusters mapped at once "
+              "vectors at that N (below), on one machine. Cluster: the exponent between the two largest N, at "
+              "least 1 (it reads every edge), on one machine. SfM: the per-cluster fit above summed over the clusters, W clusters mapped at once "
               "(wall ≈ the larger of total / W and the largest cluster's time), in two cases: "
               "*scenes grow* — what this data set does (the copies join their originals' scenes), every "
               "cluster of the largest finished N grown by N / that N; *scenes added* — an archive that grows by "
@@ -218,7 +219,7 @@ def curve_section(curve, projections=(100_000, 1_000_000), workers=(1, 16, 100),
         if stage == "sfm" or growth is None:
             continue
         n2, t2, b, bound = growth
-        b = 1.0 if stage in LINEAR_WORK else max(0.0, b)
+        b = 1.0 if stage in LINEAR_WORK else max(1.0, b)  # clustering reads every edge: at least linear
         cells = {}
         for n in projections:
             for w in workers:

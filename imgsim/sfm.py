@@ -288,7 +288,11 @@ def _run_mapper(database, models_dir, options, input_path=""):
 
     os.makedirs(models_dir, exist_ok=True)
     level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = max(level, 1)  # COLMAP's per-image INFO lines would drown the bars
+    # COLMAP's per-image INFO lines and Ceres's routine warnings ("Linear solver failure ... not
+    # positive definite": bundle adjustment retrying with more damping) would drown the bars;
+    # GLOG_minloglevel, where set (imgsim -v sets 0), is what the user asked for
+    asked = os.environ.get("GLOG_minloglevel", "")
+    pycolmap.logging.minloglevel = max(level, int(asked) if asked.isdigit() else 2)
     try:
         found = pycolmap.incremental_mapping(database, models_dir, models_dir, options,
                                              input_path=input_path)
