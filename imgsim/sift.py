@@ -765,7 +765,7 @@ def _read_features(file):
     return features if shapes_ok else None
 
 
-def extract_many(paths, config=None, cache=None, workers=None, progress=False):
+def extract_many(paths, config=None, cache=None, workers=None, progress=False, keep=True):
     """Features of many image files in parallel threads (OpenCV releases the GIL).
 
     Parameters
@@ -778,22 +778,29 @@ def extract_many(paths, config=None, cache=None, workers=None, progress=False):
         Threads; default ``min(8, cpu_count)``.
     progress : bool
         Show a tqdm bar.
+    keep : bool
+        False: only make sure ``cache`` holds every image's features, keeping
+        none in memory (what a scoring pass that reads the cache files needs:
+        memory stays flat whatever the number of images).
 
     Returns
     -------
-    list of Features, in the order of ``paths``.
+    list of Features, in the order of ``paths``; None when not ``keep``.
     """
     config = config or SiftConfig()
+    if not keep and cache is None:
+        raise ValueError("keep=False needs a cache to hold the features")
     paths = [os.fspath(p) for p in paths]
     unique = list(dict.fromkeys(paths))
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda p: _features(p, config, cache), unique)
+        results = pool.map(lambda p: _features(p, config, cache) if keep else cache.get(p, config) and None,
+                           unique)
         if progress:
             from tqdm.auto import tqdm
             results = tqdm(results, total=len(unique), desc="SIFT", unit="img")
         by_path = dict(zip(unique, results))
-    return [by_path[p] for p in paths]
+    return [by_path[p] for p in paths] if keep else None
 
 
 # --------------------------------------------------------------------------- many pairs
@@ -962,7 +969,8 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
     * default: a :class:`~concurrent.futures.ProcessPoolExecutor` of
       ``processes`` (matching and MAGSAC hold the GIL for a large part of the
       time, so threads do not scale); features are extracted first in this
-      process's threads (:func:`extract_many`). Workers do not receive features
+      process's threads (:func:`extract_many` into the cache, none kept in
+      memory). Workers do not receive features
       through pickling: each gets the list of cache files once, at start-up,
       and reads the ``.npz`` files it needs itself, keeping the last
       ``WORKER_FEATURES`` in memory, so memory per worker stays bounded
@@ -1073,13 +1081,13 @@ def score_pairs(pairs, config=None, cache=None, processes=None, progress=False, 
                 results[i] = value
         elif missing:
             needed = sorted({image for i in missing for pair in chunks[i] for image in pair})
-            features = dict(zip(needed, extract_many([paths[i] for i in needed], config, cache,
-                                                     progress=progress)))
+            # into the cache, not into memory: scoring reads the cache files, the last few kept
+            extract_many([paths[i] for i in needed], config, cache, progress=progress, keep=False)
             if processes == 1:
                 for i in missing:
-                    finished(i, _chunk_results(chunks[i], features.__getitem__, config, chunk_files[i]))
+                    finished(i, _chunk_results(chunks[i], lambda k: _load_features(files[k], paths[k], config),
+                                               config, chunk_files[i]))
             else:
-                del features  # the workers read the cache files
                 with ProcessPoolExecutor(min(processes, len(missing)),
                                          mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init_worker,

@@ -433,6 +433,21 @@ def test_score_pairs_reads_missing_cache_files_from_the_image(tmp_path, pair_set
         sift_module._worker.clear()
 
 
+def test_extract_many_into_the_cache_returns_and_keeps_nothing(tmp_path, photos):
+    """keep=False (score_pairs' extraction pass): every image's features land in the cache, equal to
+    a fresh extraction, and none is returned (memory stays flat whatever the number of images)."""
+    paths = [photos[f"fountain_p11_000{i}.jpg"] for i in range(3)]
+    config = SiftConfig(**FAST)
+    cache = FeatureCache(tmp_path)
+    assert extract_many(paths + paths[:1], config, cache, keep=False) is None
+    assert (cache.misses, cache.hits) == (3, 0)  # the repeat extracted once
+    for path in paths:
+        assert features_equal(cache.get(path, config), extract(path, config))
+    assert (cache.misses, cache.hits) == (3, 3)
+    with pytest.raises(ValueError, match="keep=False needs a cache"):
+        extract_many(paths, config, keep=False)
+
+
 def test_score_pairs_argument_errors(pair_set):
     with pytest.raises(ValueError, match="processes must be an integer >= 1, got 0"):
         score_pairs(pair_set, processes=0)
