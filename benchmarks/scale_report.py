@@ -158,7 +158,7 @@ def curve_section(curve, projections=(100_000, 1_000_000), workers=(1, 16, 100),
             if row["s"] is not None:
                 cells.append(f"{row['s']:.2f} / {row['peak_mb']:,.0f}")
             elif row.get("at_least_s"):
-                cells.append(f"≥ {row['at_least_s']:.0f} (killed unfinished) / {row['peak_mb']:,.0f}")
+                cells.append(f"≥ {row['at_least_s']:.0f} (stopped unfinished) / {row['peak_mb']:,.0f}")
             else:
                 cells.append("-")
         b = fits.get(stage, (None,))[0]
@@ -201,7 +201,7 @@ def curve_section(curve, projections=(100_000, 1_000_000), workers=(1, 16, 100),
                     f"{m['images']} → {m['seconds']:.1f} s ({m['registered']})" for m in mapped[:6])
                     + (f" (+{len(mapped) - 6} smaller)" if len(mapped) > 6 else ""))
     lines += ["", "Projection (an order of magnitude, not a forecast: far beyond the measured range), "
-              "through the largest finished N. Embed and match: exponent 1 — their work is one per image "
+              "through the largest N that finished the stage (SfM: the largest N that finished SfM). Embed and match: exponent 1 — their work is one per image "
               "and one per shortlisted pair (at most k·N), linear by construction — divided by W, as they are "
               "cut into independent chunks. Pairs (†): the default index's self-search measured on the ANN "
               "vectors at that N (below), on one machine. Cluster, on one machine: with scenes growing, the "
