@@ -243,7 +243,8 @@ def run_sizes(root, sizes, workers=None, processes=2, max_sfm_seconds=0):
         monitor.save(done=True)
         row = {stage: {"s": monitor.seconds.get(stage), "peak_mb": monitor.peaks.get(stage)}
                for stage in STAGES}
-        row.update(sessions=monitor.sessions, info=out["info"]["all"], sfm_clusters=sfm_clusters(work),
+        info = {k: v for k, v in out["info"]["all"].items() if k != "edge_list"}  # counts, not every pair
+        row.update(sessions=monitor.sessions, info=info, sfm_clusters=sfm_clusters(work),
                    executor="dask" if workers else "pool")
         results = read_json(results_file) if os.path.exists(results_file) else {}
         results[str(n)] = row
